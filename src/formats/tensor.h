@@ -1,0 +1,41 @@
+// A read-only view of a weight tensor living in an mmapped file (or an owned buffer).
+// Shapes are outermost-first, as in PyTorch: a linear layer's weight is [out, in] and each of
+// the `out` rows is stored contiguously in `dtype` (quantized types: blocks along `in`).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/dtype.h"
+
+namespace mx {
+
+struct Tensor {
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;  // outermost first
+  const uint8_t* data = nullptr;
+  std::string name;  // for error messages
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+  int64_t cols() const { return shape.empty() ? 1 : shape.back(); }
+  int64_t rows() const { return cols() == 0 ? 0 : numel() / cols(); }
+  size_t row_stride() const { return row_bytes(dtype, cols()); }
+  size_t nbytes() const { return static_cast<size_t>(rows()) * row_stride(); }
+  const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_stride(); }
+
+  // Rows [r0, r0+n) of a 2-D (or flattened) tensor as a new 2-D view; no copy.
+  Tensor slice_rows(int64_t r0, int64_t n) const {
+    Tensor t = *this;
+    t.shape = {n, cols()};
+    t.data = row(r0);
+    return t;
+  }
+};
+
+std::string shape_str(const std::vector<int64_t>& shape);
+
+}  // namespace mx

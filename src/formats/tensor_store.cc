@@ -1,0 +1,30 @@
+#include "formats/tensor_store.h"
+
+#include <sstream>
+
+#include "formats/error.h"
+
+namespace mx {
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
+  os << ']';
+  return os.str();
+}
+
+const Tensor& TensorStore::get(const std::string& name) const {
+  auto it = tensors.find(name);
+  if (it == tensors.end()) fail(source + ": missing tensor " + name);
+  return it->second;
+}
+
+uint8_t* TensorStore::alloc(size_t n) {
+  // Over-allocate and align by hand so that the unique_ptr owns the original pointer.
+  owned.emplace_back(new uint8_t[n + 64]);
+  auto p = reinterpret_cast<uintptr_t>(owned.back().get());
+  return reinterpret_cast<uint8_t*>((p + 63) & ~uintptr_t{63});
+}
+
+}  // namespace mx

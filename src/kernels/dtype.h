@@ -1,0 +1,36 @@
+// Element and block types of weight tensors. Quantized types store rows as a sequence of
+// fixed-size blocks along the row (the fastest / "in" dimension), exactly as ggml lays them out.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace mx {
+
+enum class DType : uint8_t {
+  F32, F16, BF16,
+  Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,   // 32-element blocks (ggml legacy quants)
+  Q4_K, Q5_K, Q6_K,               // 256-element super-blocks (ggml k-quants)
+  Q8_K,                           // activation-side format for k-quant dots (not stored in files)
+  I32, I64, U8,                   // only seen in checkpoints for non-weight tensors
+  Count
+};
+
+struct DTypeInfo {
+  std::string_view name;  // lower-case, as printed and parsed ("f32", "q8_0", "q4_k")
+  int block_elems;        // elements per block (1 for plain types)
+  int block_bytes;        // bytes per block
+  bool quantized;
+};
+
+const DTypeInfo& dtype_info(DType t);
+// Parses names such as "f32", "bf16", "q8_0", "Q4_K". Returns false when unknown.
+bool parse_dtype(std::string_view s, DType* out);
+
+// Bytes taken by a row of `n` elements; n must be a multiple of the block size.
+inline size_t row_bytes(DType t, int64_t n) {
+  const DTypeInfo& i = dtype_info(t);
+  return static_cast<size_t>(n / i.block_elems) * static_cast<size_t>(i.block_bytes);
+}
+
+}  // namespace mx

@@ -1,0 +1,54 @@
+// Block layouts of the quantized types, bit-for-bit those of ggml (llama.cpp's GGUF files),
+// plus reference (scalar) decoders and encoders. SIMD dot kernels live in matmul_*.cc.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/dtype.h"
+
+namespace mx {
+
+constexpr int QK = 32;    // legacy block size
+constexpr int QK_K = 256; // k-quant super-block size
+constexpr int K_SCALE_SIZE = 12;
+
+#pragma pack(push, 1)
+struct BlockQ8_0 { uint16_t d; int8_t qs[QK]; };                       // x = d * q
+struct BlockQ4_0 { uint16_t d; uint8_t qs[QK / 2]; };                  // x = d * (q - 8)
+struct BlockQ4_1 { uint16_t d; uint16_t m; uint8_t qs[QK / 2]; };      // x = d * q + m
+struct BlockQ5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; };   // x = d * (q - 16)
+struct BlockQ5_1 { uint16_t d; uint16_t m; uint8_t qh[4]; uint8_t qs[QK / 2]; };
+struct BlockQ4_K { uint16_t d; uint16_t dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K / 2]; };
+struct BlockQ5_K { uint16_t d; uint16_t dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; };
+struct BlockQ6_K { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; };
+struct BlockQ8_K { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; };  // activations only
+#pragma pack(pop)
+
+static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20);
+static_assert(sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24);
+static_assert(sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210);
+static_assert(sizeof(BlockQ8_K) == 292);
+
+// 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K super-block, packed in 12 bytes:
+// sub-blocks 0-3 keep theirs in the low 6 bits of bytes 0-7; 4-7 split theirs between the
+// high nibbles of bytes 8-11 and the top 2 bits of bytes 0-7.
+inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
+  if (j < 4) {
+    *d = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *d = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    *m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+// Decodes n elements (a multiple of the type's block size) of any DType to f32.
+// Plain types (f32/f16/bf16) are accepted too.
+void dequantize_row(DType t, const void* src, float* dst, int64_t n);
+
+// Reference encoders (round-to-nearest like ggml's quantize_row_*_ref) for the types we write
+// (repack targets and activation formats): F32, F16, BF16, Q8_0, Q4_0, Q8_K.
+// Returns false for a type we do not encode.
+bool quantize_row(DType t, const float* src, void* dst, int64_t n);
+
+}  // namespace mx

@@ -1,0 +1,122 @@
+#include "model/forward.h"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "formats/error.h"
+#include "kernels/half.h"
+#include "kernels/matmul.h"
+#include "kernels/quant_blocks.h"
+#include "kernels/thread_pool.h"
+#include "model/attention.h"
+
+namespace mx {
+
+std::unique_ptr<Model> make_model(std::shared_ptr<LoadedModel> loaded, const LoadOptions& opts,
+                                  ThreadPool& pool) {
+  auto m = std::make_unique<Model>();
+  m->config = loaded->config;
+  m->weights = bind_weights(*loaded, opts);
+  m->source = std::move(loaded);
+  Model* raw = m.get();
+  m->experts = [raw, &pool](int layer, const float* x, int dim, const MoeRouting& r, float* y) {
+    run_local_experts(raw->weights.layers[static_cast<size_t>(layer)], x, dim, r, y, pool);
+  };
+  return m;
+}
+
+namespace {
+
+void rmsnorm(const float* x, const float* w, int n, float eps, float* out) {
+  double ss = 0;
+  for (int i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float inv = static_cast<float>(1.0 / std::sqrt(ss / n + eps));
+  for (int i = 0; i < n; ++i) out[i] = x[i] * inv * w[i];
+}
+
+}  // namespace
+
+std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& batch,
+                           ThreadPool& pool) {
+  const ModelConfig& c = m.config;
+  const int dim = c.dim, qdim = c.n_heads * c.head_dim, kvdim = c.n_kv_heads * c.head_dim;
+
+  // Lay the batch out as T token rows, remembering each row's slot and position.
+  std::vector<TokenPos> tp;
+  std::vector<int> tokens;
+  for (const SeqChunk& s : batch) {
+    kv.ensure_slot(s.slot);
+    const int start = kv.length(s.slot);
+    kv.reserve(s.slot, start + static_cast<int>(s.tokens.size()));
+    for (size_t i = 0; i < s.tokens.size(); ++i) {
+      const int id = s.tokens[i];
+      if (id < 0 || id >= c.vocab)
+        fail("unknown token id " + std::to_string(id) + " (vocabulary has " +
+             std::to_string(c.vocab) + " tokens)");
+      tp.push_back({s.slot, start + static_cast<int>(i)});
+      tokens.push_back(id);
+    }
+  }
+  const int T = static_cast<int>(tokens.size());
+  if (T == 0) return {};
+
+  std::vector<float> x(static_cast<size_t>(T) * dim), h(x.size()), tmp(x.size());
+  std::vector<float> q(static_cast<size_t>(T) * qdim), k(static_cast<size_t>(T) * kvdim),
+      v(k.size()), att(q.size());
+  for (int t = 0; t < T; ++t)
+    dequantize_row(m.weights.tok_embeddings.dtype,
+                   m.weights.tok_embeddings.row(tokens[static_cast<size_t>(t)]),
+                   x.data() + static_cast<size_t>(t) * dim, dim);
+
+  const RopeTable rope = make_rope_table(tp, c);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& lw = m.weights.layers[static_cast<size_t>(l)];
+    for (int t = 0; t < T; ++t)
+      rmsnorm(&x[static_cast<size_t>(t) * dim], lw.attention_norm.data(), dim, c.norm_eps,
+              &h[static_cast<size_t>(t) * dim]);
+    matmul(lw.wq, h.data(), T, q.data(), pool);
+    matmul(lw.wk, h.data(), T, k.data(), pool);
+    matmul(lw.wv, h.data(), T, v.data(), pool);
+    apply_rope(rope, c, q.data(), c.n_heads, T);
+    apply_rope(rope, c, k.data(), c.n_kv_heads, T);
+    for (int t = 0; t < T; ++t)
+      kv.write(tp[static_cast<size_t>(t)].slot, l, tp[static_cast<size_t>(t)].pos,
+               &k[static_cast<size_t>(t) * kvdim], &v[static_cast<size_t>(t) * kvdim]);
+    attention(kv, l, tp, c, q.data(), att.data(), pool);
+    matmul(lw.wo, att.data(), T, tmp.data(), pool);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+
+    for (int t = 0; t < T; ++t)
+      rmsnorm(&x[static_cast<size_t>(t) * dim], lw.ffn_norm.data(), dim, c.norm_eps,
+              &h[static_cast<size_t>(t) * dim]);
+    const MoeRouting r = route(lw, h.data(), T, c.top_k, pool);
+    std::vector<float> y(static_cast<size_t>(T) * c.top_k * dim);
+    m.experts(l, h.data(), dim, r, y.data());
+    combine_experts(r, y.data(), dim, tmp.data());
+    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+  }
+  // Positions are committed only after the whole step succeeded.
+  for (const SeqChunk& s : batch) kv.set_length(s.slot, kv.length(s.slot) + static_cast<int>(s.tokens.size()));
+
+  // Final norm and LM head, only for rows whose logits are wanted.
+  std::vector<int> want;
+  int row = 0;
+  for (const SeqChunk& s : batch) {
+    const int n = static_cast<int>(s.tokens.size());
+    if (s.all_logits)
+      for (int i = 0; i < n; ++i) want.push_back(row + i);
+    else if (n > 0)
+      want.push_back(row + n - 1);
+    row += n;
+  }
+  std::vector<float> hn(want.size() * static_cast<size_t>(dim));
+  for (size_t i = 0; i < want.size(); ++i)
+    rmsnorm(&x[static_cast<size_t>(want[i]) * dim], m.weights.norm.data(), dim, c.norm_eps,
+            &hn[i * dim]);
+  std::vector<float> logits(want.size() * static_cast<size_t>(c.vocab));
+  matmul(m.weights.output, hn.data(), static_cast<int64_t>(want.size()), logits.data(), pool);
+  return logits;
+}
+
+}  // namespace mx

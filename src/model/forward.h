@@ -1,0 +1,46 @@
+// One forward step over a batch that mixes sequences of different lengths: prefill chunks and
+// single-token decode steps go through the same call.
+//
+// Data flow per layer, for the T tokens of the whole batch ([T, dim] activations):
+//   h = rmsnorm(x) → q,k,v = h·Wq,Wk,Wv → rope(q,k) → write k,v to each token's slot/position
+//   → causal attention per token over its slot's cache → x += attn·Wo
+//   h = rmsnorm(x) → route → experts grouped over the batch → x += combine
+// then final rmsnorm and the LM head for the tokens whose logits are wanted.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "formats/loaded_model.h"
+#include "model/kv_cache.h"
+#include "model/moe.h"
+#include "model/weights.h"
+
+namespace mx {
+
+class ThreadPool;
+
+struct Model {
+  ModelConfig config;
+  ModelWeights weights;
+  std::shared_ptr<LoadedModel> source;  // keeps the mapped files alive
+  ExpertRunner experts;                 // local by default; MPI replaces it
+};
+
+// Binds weights and sets the local expert runner (which uses `pool`).
+std::unique_ptr<Model> make_model(std::shared_ptr<LoadedModel> loaded, const LoadOptions& opts,
+                                  ThreadPool& pool);
+
+// A run of consecutive tokens of one sequence, starting at the slot's current length.
+struct SeqChunk {
+  int slot = 0;
+  std::vector<int> tokens;
+  bool all_logits = false;  // logits after every token (scoring), else only after the last
+};
+
+// Appends every chunk's tokens to its slot's cache and returns logits: for each chunk in order,
+// tokens.size() rows when all_logits, else one row; each row is [vocab].
+// Throws mx::Error for an unknown token id or a sequence over the context.
+std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& batch,
+                           ThreadPool& pool);
+
+}  // namespace mx
