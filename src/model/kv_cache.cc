@@ -13,7 +13,7 @@ KvCache::KvCache(int n_layers, int kv_dim, int max_ctx, DType dtype)
     : n_layers_(n_layers), kv_dim_(kv_dim), max_ctx_(max_ctx), dtype_(dtype) {
   if (dtype != DType::F32 && dtype != DType::F16 && dtype != DType::BF16)
     fail("KV cache dtype must be f32, f16 or bf16, not " + std::string(dtype_info(dtype).name));
-  row_bytes_ = row_bytes(dtype, kv_dim);
+  row_bytes_ = mx::row_bytes(dtype, kv_dim);
 }
 
 void KvCache::ensure_slot(int slot) {
