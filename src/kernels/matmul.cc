@@ -1,11 +1,14 @@
-// Matmul dispatch. The scalar path is the reference every SIMD path is tested against.
+// Matmul dispatch: picks the SIMD path, prepares activations once per call, then splits weight
+// rows (never a reduction) across the pool, which is what keeps the determinism contract.
 #include "kernels/matmul.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <vector>
+#include <stdexcept>
+#include <string>
 
-#include "kernels/half.h"
+#include "kernels/matmul_internal.h"
 #include "kernels/quant_blocks.h"
 #include "kernels/thread_pool.h"
 
@@ -13,43 +16,53 @@ namespace mx {
 
 namespace {
 
-SimdPath g_path = SimdPath::Scalar;
-bool g_path_set = false;
+std::atomic<int> g_path{-1};
 
-// Scalar reference: decode one weight row to f32, then dot with each token.
-void matmul_scalar_rows(const MatView& w, const float* x, int64_t n_tokens, float* y,
-                        int64_t r0, int64_t r1) {
-  std::vector<float> row(static_cast<size_t>(w.cols));
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* wr;
-    if (w.dtype == DType::F32) {
-      wr = reinterpret_cast<const float*>(w.row(r));
-    } else {
-      dequantize_row(w.dtype, w.row(r), row.data(), w.cols);
-      wr = row.data();
-    }
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      const float* xt = x + t * w.cols;
-      float acc = 0.f;
-      for (int64_t i = 0; i < w.cols; ++i) acc += wr[i] * xt[i];
-      y[t * w.rows + r] = acc;
-    }
-  }
+SimdPath best_supported() {
+  if (cpu_supports(SimdPath::Avx512)) return SimdPath::Avx512;
+  if (cpu_supports(SimdPath::Avx2)) return SimdPath::Avx2;
+  return SimdPath::Scalar;
 }
 
 }  // namespace
 
+SimdPath simd_path_for_env(const char* env) {
+  SimdPath p = best_supported();
+  if (env) {
+    SimdPath want = p;
+    if (std::strcmp(env, "scalar") == 0) want = SimdPath::Scalar;
+    else if (std::strcmp(env, "avx2") == 0) want = SimdPath::Avx2;
+    else if (std::strcmp(env, "avx512") == 0) want = SimdPath::Avx512;
+    // Capped to what the CPU runs (the enum is ordered by capability).
+    if (static_cast<int>(want) < static_cast<int>(p)) p = want;
+  }
+  return p;
+}
+
 bool cpu_supports(SimdPath p) {
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
   switch (p) {
     case SimdPath::Scalar: return true;
-    case SimdPath::Avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case SimdPath::Avx2: return avx2;
     case SimdPath::Avx512:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl");
+      // The *_avx512.cc files are built with -mavx512dq too, so it is required as well.
+      return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   }
   return false;
 }
+
+namespace mmk {
+bool has_vnni() {
+  static const bool v = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+  return v;
+}
+}  // namespace mmk
 
 std::string simd_path_name(SimdPath p) {
   switch (p) {
@@ -61,22 +74,55 @@ std::string simd_path_name(SimdPath p) {
 }
 
 SimdPath simd_path() {
-  if (!g_path_set) {
-    g_path = SimdPath::Scalar;  // SIMD paths are registered by the kernels issue
-    g_path_set = true;
+  int v = g_path.load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = static_cast<int>(simd_path_for_env(std::getenv("MIXTRAL_SIMD")));
+    g_path.store(v, std::memory_order_relaxed);
   }
-  return g_path;
+  return static_cast<SimdPath>(v);
 }
 
-void set_simd_path(SimdPath p) {
-  g_path = p;
-  g_path_set = true;
-}
+void set_simd_path(SimdPath p) { g_path.store(static_cast<int>(p), std::memory_order_relaxed); }
 
 void matmul(const MatView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
+  if (n_tokens <= 0 || w.rows <= 0) return;
+  const DTypeInfo& info = dtype_info(w.dtype);
+  const bool supported = w.dtype <= DType::Q6_K;
+  if (!supported || w.cols % info.block_elems != 0)
+    throw std::invalid_argument("matmul: unsupported weight " + std::string(info.name) + " with " +
+                                std::to_string(w.cols) + " columns");
+  if (w.cols == 0) {
+    for (int64_t i = 0; i < n_tokens * w.rows; ++i) y[i] = 0.f;
+    return;
+  }
+
+  mmk::PrepareFn prepare = mmk::prepare_scalar;
+  mmk::RowsFn rows = mmk::rows_scalar;
+  switch (simd_path()) {
+    case SimdPath::Avx512: prepare = mmk::prepare_avx512; rows = mmk::rows_avx512; break;
+    case SimdPath::Avx2: prepare = mmk::prepare_avx2; rows = mmk::rows_avx2; break;
+    case SimdPath::Scalar: break;
+  }
+
+  // One buffer per calling thread, reused across calls (no allocation per op in decode).
+  thread_local mmk::Arena arena;
+  mmk::Prepared p;
+  mmk::PrepareJob job;
+  prepare(w.dtype, n_tokens, w.cols, arena, &p, &job);
+  if (n_tokens >= 8 && pool.size() > 1) {
+    pool.parallel_for(n_tokens, [&](int64_t b, int64_t e, int) {
+      mmk::run_prepare(job, x, w.cols, b, e);
+    }, 4);
+  } else {
+    mmk::run_prepare(job, x, w.cols, 0, n_tokens);
+  }
+
+  // Grain: enough rows that a thread's share is worth waking it for; multiples of 16 keep the
+  // 4-row microkernels full.
+  const int64_t grain = 16;
   pool.parallel_for(w.rows, [&](int64_t b, int64_t e, int) {
-    matmul_scalar_rows(w, x, n_tokens, y, b, e);
-  }, 16);
+    rows(w, p, b, e, y, w.rows);
+  }, grain);
 }
 
 }  // namespace mx

@@ -3,7 +3,10 @@
 //   x: [n_tokens, cols] f32 (row stride cols); y: [n_tokens, rows] f32 (row stride rows).
 // Determinism contract: y[t, o] depends only on W row o and x row t, never on n_tokens, the
 // thread count or the other tokens in the batch. That is what makes batched, threaded and
-// MPI-sharded runs give bit-identical results.
+// MPI-sharded runs give bit-identical results. Kernels keep it by splitting only output rows
+// across threads and by giving every (row, token) pair the same operation sequence whether it
+// is computed in a one-token GEMV or inside a multi-token GEMM tile. (Results do depend on the
+// SIMD path: paths differ in float summation order.)
 #pragma once
 #include <cstdint>
 #include <string>
@@ -18,11 +21,23 @@ enum class SimdPath { Scalar, Avx2, Avx512 };
 
 // Chosen once from CPUID, unless MIXTRAL_SIMD=scalar|avx2|avx512 forces one (capped to what the
 // CPU supports). set_simd_path overrides it (tests use it to compare paths).
+//   Avx512: avx512f/bw/vl/dq (+ the Avx2 set). Quantized kernels also need avx512vnni; without
+//           it they run the Avx2 kernels. bf16 weights are widened exactly to f32 (no vdpbf16ps,
+//           which would round activations to bf16).
+//   Avx2:   avx2 + fma + f16c.
 SimdPath simd_path();
 void set_simd_path(SimdPath p);
 std::string simd_path_name(SimdPath p);
 bool cpu_supports(SimdPath p);
+// The path MIXTRAL_SIMD=`env` selects on this CPU (null or unknown: the best supported).
+SimdPath simd_path_for_env(const char* env);
 
+// Quantized weights (q8_0, q4_0, q4_1, q5_0, q5_1) are multiplied with activations quantized once
+// per call to 8-bit blocks of 32 (Q8_0-like, d = amax/127, round-to-nearest-even); k-quants
+// (q4_k, q5_k, q6_k) with 256-blocks (Q8_K-like). Block integer dot products are exact, so the
+// paths differ only in float summation order. f32/f16/bf16 weights use f32 activations.
+// cols must be a multiple of the weight's block size (any value for f32/f16/bf16).
+// Rows are split across the pool; throws std::invalid_argument for unsupported dtypes.
 void matmul(const MatView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
 
 }  // namespace mx

@@ -1,0 +1,351 @@
+// AVX2 + FMA + F16C matmul kernels (also used by the AVX-512 path on CPUs without VNNI).
+//
+// Quantized weights: one 32-value block per ymm. Legacy types use the sign trick
+// (maddubs(|w|, sign(x, w))) so no int16 pair sum can saturate; k-quants multiply unsigned
+// weights with signed Q8_K activations and apply sub-block scales with madd.
+#include <immintrin.h>
+
+// GCC 12's intrinsic headers trip -W(maybe-)uninitialized on their own _mm*_undefined_*().
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "kernels/matmul_drive.h"
+
+namespace mx::mmk {
+namespace {
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float h2f(const uint8_t* p) { return _cvtsh_ss(ld16(p)); }
+
+// ---------------------------------------------------------------- plain f32 / f16 / bf16
+
+template <DType DT>
+struct Plain {
+  static constexpr int kEsz = DT == DType::F32 ? 4 : 2;
+  static inline __m256 load8(const uint8_t* p) {
+    if constexpr (DT == DType::F32) {
+      return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+    } else if constexpr (DT == DType::F16) {
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    } else {
+      const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    }
+  }
+
+  template <int NR, int NT>
+  static void tile(const MatView& w, const Prepared& p, int64_t r, int64_t t, float* y,
+                   int64_t ldy) {
+    const int64_t n8 = w.cols / 8, rem = w.cols % 8;
+    const uint8_t* wr[NR];
+    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    const float* x[NT];
+    for (int j = 0; j < NT; ++j) x[j] = p.xf + (t + j) * p.xf_stride;
+    __m256 acc[NR][NT];
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < n8; ++c) {
+      __m256 wv[NR];
+      for (int i = 0; i < NR; ++i) wv[i] = load8(wr[i] + c * 8 * kEsz);
+      for (int j = 0; j < NT; ++j) {
+        const __m256 xv = _mm256_loadu_ps(x[j] + c * 8);
+        for (int i = 0; i < NR; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+      }
+    }
+    if (rem) {  // ragged tail: zero-padded copy of the weights (activations are padded already)
+      alignas(32) uint8_t buf[NR][32];
+      __m256 wv[NR];
+      for (int i = 0; i < NR; ++i) {
+        std::memset(buf[i], 0, 32);
+        std::memcpy(buf[i], wr[i] + n8 * 8 * kEsz, static_cast<size_t>(rem * kEsz));
+        wv[i] = load8(buf[i]);
+      }
+      for (int j = 0; j < NT; ++j) {
+        const __m256 xv = _mm256_loadu_ps(x[j] + n8 * 8);
+        for (int i = 0; i < NR; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+      }
+    }
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = hsum8(acc[i][j]);
+  }
+};
+
+// ---------------------------------------------------------------- legacy 32-blocks
+
+// Expands 32 bits to 32 bytes of 0x00 / 0xFF (bit j -> byte j).
+inline __m256i bits_to_bytes(uint32_t bits) {
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(static_cast<int>(bits)),
+      _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
+                       3, 3, 3, 3, 3, 3, 3, 3));
+  const __m256i sel = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  return _mm256_cmpeq_epi8(_mm256_and_si256(spread, sel), sel);
+}
+
+inline __m256i nibbles32(const uint8_t* qs) {  // 16 bytes -> 32 values (low nibbles first)
+  const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m256i v = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+template <DType DT>
+struct Legacy {
+  static constexpr bool kMin = DT == DType::Q4_1 || DT == DType::Q5_1;
+  static constexpr int kBB = DT == DType::Q8_0 ? 34 : DT == DType::Q4_0 ? 18 : DT == DType::Q4_1 ? 20
+                           : DT == DType::Q5_0 ? 22 : 24;
+
+  // Integer weights of one block: signed for *_0 types, unsigned (0..31) for *_1.
+  static inline __m256i unpack(const uint8_t* b) {
+    if constexpr (DT == DType::Q8_0) {
+      return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
+    } else if constexpr (DT == DType::Q4_0) {
+      return _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8));
+    } else if constexpr (DT == DType::Q4_1) {
+      return nibbles32(b + 4);
+    } else if constexpr (DT == DType::Q5_0) {
+      const __m256i hi = _mm256_and_si256(bits_to_bytes(ld32(b + 2)), _mm256_set1_epi8(16));
+      return _mm256_sub_epi8(_mm256_or_si256(nibbles32(b + 6), hi), _mm256_set1_epi8(16));
+    } else {
+      const __m256i hi = _mm256_and_si256(bits_to_bytes(ld32(b + 4)), _mm256_set1_epi8(16));
+      return _mm256_or_si256(nibbles32(b + 8), hi);
+    }
+  }
+
+  template <int NR, int NT>
+  static void tile(const MatView& w, const Prepared& p, int64_t r, int64_t t, float* y,
+                   int64_t ldy) {
+    const int64_t nb = w.cols / 32;
+    const uint8_t* wr[NR];
+    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    const int8_t* xq[NT];
+    const float* xd[NT];
+    const float* xs[NT];
+    for (int j = 0; j < NT; ++j) {
+      xq[j] = p.q + (t + j) * p.q_stride;
+      xd[j] = p.d + (t + j) * p.d_stride;
+      xs[j] = kMin ? p.sd + (t + j) * p.d_stride : nullptr;
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[NR][NT];
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i wv[NR], wa[NR];
+      __m256 dw[NR], mw[NR];
+      for (int i = 0; i < NR; ++i) {
+        const uint8_t* blk = wr[i] + b * kBB;
+        wv[i] = unpack(blk);
+        dw[i] = _mm256_set1_ps(h2f(blk));
+        if constexpr (kMin) {
+          mw[i] = _mm256_zextps128_ps256(_mm_set_ss(h2f(blk + 2)));  // m in lane 0 only
+        } else {
+          wa[i] = _mm256_abs_epi8(wv[i]);
+        }
+      }
+      for (int j = 0; j < NT; ++j) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[j] + b * 32));
+        const __m256 dx = _mm256_broadcast_ss(xd[j] + b);
+        for (int i = 0; i < NR; ++i) {
+          __m256i p16;
+          if constexpr (kMin) {
+            p16 = _mm256_maddubs_epi16(wv[i], xv);
+          } else {
+            p16 = _mm256_maddubs_epi16(wa[i], _mm256_sign_epi8(xv, wv[i]));
+          }
+          const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+          acc[i][j] = _mm256_fmadd_ps(s, _mm256_mul_ps(dw[i], dx), acc[i][j]);
+          if constexpr (kMin) acc[i][j] = _mm256_fmadd_ps(mw[i], _mm256_broadcast_ss(xs[j] + b), acc[i][j]);
+        }
+      }
+    }
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = hsum8(acc[i][j]);
+  }
+};
+
+// ---------------------------------------------------------------- k-quants
+
+template <DType DT>
+struct KQuant {
+  static constexpr int kBB = DT == DType::Q4_K ? 144 : DT == DType::Q5_K ? 176 : 210;
+
+  template <int NR, int NT>
+  static void tile(const MatView& w, const Prepared& p, int64_t r, int64_t t, float* y,
+                   int64_t ldy) {
+    const int64_t nb = w.cols / 256;
+    const uint8_t* wr[NR];
+    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    const int8_t* xq[NT];
+    const float* xd[NT];
+    const int16_t* bs16[NT];
+    const int16_t* bs32[NT];
+    for (int j = 0; j < NT; ++j) {
+      xq[j] = p.q + (t + j) * p.q_stride;
+      xd[j] = p.d + (t + j) * p.d_stride;
+      bs16[j] = p.bsum16 + (t + j) * p.bsum16_stride;
+      bs32[j] = p.bsum32 + (t + j) * p.bsum32_stride;
+    }
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[NR][NT];
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i isum[NR][NT];
+      float d[NR];
+      if constexpr (DT == DType::Q6_K) {
+        __m256i sc16[NR];
+        for (int i = 0; i < NR; ++i) {
+          const uint8_t* blk = wr[i] + b * kBB;
+          d[i] = h2f(blk + 208);
+          sc16[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
+          // Offset -32 of every weight: isum starts at -32 * sum_g sc_g * bsum_g.
+          for (int j = 0; j < NT; ++j) {
+            const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bs16[j] + b * 16));
+            isum[i][j] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                          _mm256_slli_epi32(_mm256_madd_epi16(sc16[i], bs), 5));
+          }
+        }
+        for (int n = 0; n < 2; ++n) {
+          for (int k = 0; k < 4; ++k) {
+            __m256i qv[NR], sv[NR];
+            for (int i = 0; i < NR; ++i) {
+              const uint8_t* blk = wr[i] + b * kBB;
+              const __m256i L = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * n + 32 * (k & 1)));
+              const __m256i H = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * n));
+              const __m256i lo = k < 2 ? _mm256_and_si256(L, m4) : _mm256_and_si256(_mm256_srli_epi16(L, 4), m4);
+              __m256i hb;
+              switch (k) {  // bits 2k..2k+1 of qh moved to bits 4..5
+                case 0: hb = _mm256_slli_epi16(H, 4); break;
+                case 1: hb = _mm256_slli_epi16(H, 2); break;
+                case 2: hb = H; break;
+                default: hb = _mm256_srli_epi16(H, 2); break;
+              }
+              qv[i] = _mm256_or_si256(lo, _mm256_and_si256(hb, _mm256_set1_epi8(0x30)));
+              const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192) + 8 * n + 2 * k;
+              sv[i] = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+            }
+            for (int j = 0; j < NT; ++j) {
+              const __m256i xv = _mm256_loadu_si256(
+                  reinterpret_cast<const __m256i*>(xq[j] + b * 256 + 128 * n + 32 * k));
+              for (int i = 0; i < NR; ++i)
+                isum[i][j] = _mm256_add_epi32(
+                    isum[i][j], _mm256_madd_epi16(_mm256_maddubs_epi16(qv[i], xv), sv[i]));
+            }
+          }
+        }
+        for (int i = 0; i < NR; ++i)
+          for (int j = 0; j < NT; ++j)
+            acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i][j]),
+                                        _mm256_set1_ps(d[i] * xd[j][b]), acc[i][j]);
+      } else {
+        float dmin[NR];
+        int16_t sc[NR][8], mn[NR][8];
+        __m128i mv[NR];
+        for (int i = 0; i < NR; ++i) {
+          const uint8_t* blk = wr[i] + b * kBB;
+          d[i] = h2f(blk);
+          dmin[i] = h2f(blk + 2);
+          k4_scales(blk + 4, sc[i], mn[i]);
+          mv[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(mn[i]));
+          for (int j = 0; j < NT; ++j) isum[i][j] = _mm256_setzero_si256();
+        }
+        for (int c = 0; c < 4; ++c) {
+          __m256i lo[NR], hi[NR], slo[NR], shi[NR];
+          for (int i = 0; i < NR; ++i) {
+            const uint8_t* blk = wr[i] + b * kBB;
+            const uint8_t* qs = blk + (DT == DType::Q5_K ? 48 : 16) + 32 * c;
+            const __m256i Q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs));
+            lo[i] = _mm256_and_si256(Q, m4);
+            hi[i] = _mm256_and_si256(_mm256_srli_epi16(Q, 4), m4);
+            if constexpr (DT == DType::Q5_K) {
+              const __m256i H = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16));
+              const __m256i b0 = _mm256_set1_epi8(static_cast<char>(1 << (2 * c)));
+              const __m256i b1 = _mm256_set1_epi8(static_cast<char>(1 << (2 * c + 1)));
+              const __m256i s16 = _mm256_set1_epi8(16);
+              lo[i] = _mm256_or_si256(lo[i], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(H, b0), b0), s16));
+              hi[i] = _mm256_or_si256(hi[i], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(H, b1), b1), s16));
+            }
+            slo[i] = _mm256_set1_epi16(sc[i][2 * c]);
+            shi[i] = _mm256_set1_epi16(sc[i][2 * c + 1]);
+          }
+          for (int j = 0; j < NT; ++j) {
+            const int8_t* xb = xq[j] + b * 256 + 64 * c;
+            const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb));
+            const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 32));
+            for (int i = 0; i < NR; ++i) {
+              const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[i], x0), slo[i]);
+              const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[i], x1), shi[i]);
+              isum[i][j] = _mm256_add_epi32(isum[i][j], _mm256_add_epi32(p0, p1));
+            }
+          }
+        }
+        for (int j = 0; j < NT; ++j) {
+          const __m128i bs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bs32[j] + b * 8));
+          for (int i = 0; i < NR; ++i) {
+            const __m256 mins = _mm256_cvtepi32_ps(_mm256_zextsi128_si256(_mm_madd_epi16(mv[i], bs)));
+            acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i][j]),
+                                        _mm256_set1_ps(d[i] * xd[j][b]), acc[i][j]);
+            acc[i][j] = _mm256_fnmadd_ps(mins, _mm256_set1_ps(dmin[i] * xd[j][b]), acc[i][j]);
+          }
+        }
+      }
+    }
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = hsum8(acc[i][j]);
+  }
+};
+
+void fill_plain_avx2(const float* x, int64_t cols, float* dst, int64_t stride) {
+  std::memcpy(dst, x, static_cast<size_t>(cols) * sizeof(float));
+  std::memset(dst + cols, 0, static_cast<size_t>(stride - cols) * sizeof(float));
+}
+
+}  // namespace
+
+void prepare_avx2(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prepared* out,
+                  PrepareJob* job) {
+  *job = PrepareJob{};
+  switch (dt) {
+    case DType::F32: case DType::F16: case DType::BF16:
+      job->plain = plain_alloc(n_tokens, cols, 32, arena, out);
+      job->plain_stride = out->xf_stride;
+      job->fill_plain = fill_plain_avx2;
+      return;
+    case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+      job->layout.block = 256;
+      job->layout.want_bsums = true;
+      break;
+    default:
+      job->layout.block = 32;
+      job->layout.want_sd = dt == DType::Q4_1 || dt == DType::Q5_1;
+      break;
+  }
+  job->quant = true;
+  job->bufs = quant_alloc(job->layout, n_tokens, cols, arena, out);
+}
+
+void rows_avx2(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
+               int64_t ldy) {
+  switch (w.dtype) {
+    case DType::F32: return drive<Plain<DType::F32>, 4, 3>(w, p, r0, r1, y, ldy);
+    case DType::F16: return drive<Plain<DType::F16>, 4, 3>(w, p, r0, r1, y, ldy);
+    case DType::BF16: return drive<Plain<DType::BF16>, 4, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q8_0: return drive<Legacy<DType::Q8_0>, 2, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q4_0: return drive<Legacy<DType::Q4_0>, 2, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q4_1: return drive<Legacy<DType::Q4_1>, 2, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q5_0: return drive<Legacy<DType::Q5_0>, 2, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q5_1: return drive<Legacy<DType::Q5_1>, 2, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q4_K: return drive<KQuant<DType::Q4_K>, 2, 2>(w, p, r0, r1, y, ldy);
+    case DType::Q5_K: return drive<KQuant<DType::Q5_K>, 2, 2>(w, p, r0, r1, y, ldy);
+    case DType::Q6_K: return drive<KQuant<DType::Q6_K>, 2, 2>(w, p, r0, r1, y, ldy);
+    default: break;
+  }
+}
+
+}  // namespace mx::mmk

@@ -1,0 +1,435 @@
+// AVX-512 (F/BW/VL/DQ) matmul kernels; quantized types additionally need AVX512-VNNI and fall
+// back to the AVX2 kernels without it.
+//
+// Legacy 32-blocks: two blocks per zmm. Activations are stored as q + 128 (unsigned) so one
+// vpdpbusd multiplies them with the signed weights; the accumulator starts at -128 * sum(w)
+// (computed once per weight block and shared by all tokens), which makes each lane's integer
+// exact. k-quants: unsigned weights x signed Q8_K activations with vpmaddubsw, sub-block scales
+// applied with vpdpwssd. bf16: widened exactly to f32 (shift / mask), then FMA.
+#include <immintrin.h>
+
+// GCC 12's intrinsic headers trip -W(maybe-)uninitialized on their own _mm*_undefined_*().
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "kernels/matmul_drive.h"
+
+namespace mx::mmk {
+namespace {
+
+inline float h2f(const uint8_t* p) { return _cvtsh_ss(ld16(p)); }
+
+// ---------------------------------------------------------------- plain f32 / f16 / bf16
+
+template <DType DT>
+struct Plain {
+  // Elements consumed per step: bf16 widens 32 values (even / odd halves) per 64-byte load.
+  static constexpr int kStep = DT == DType::BF16 ? 32 : 16;
+  static constexpr int kEsz = DT == DType::F32 ? 4 : 2;
+
+  // One step of kStep values; the ragged last step loads with a mask (zeros past the row),
+  // which feeds the FMAs the same values a zero-padded full step would.
+  template <int NR, int NT, bool kTail>
+  static inline void step(const uint8_t* const* wr, int64_t c, int rem, const float* const* x,
+                          __m512 (&acc)[NR][NT]) {
+    if constexpr (DT == DType::BF16) {
+      __m512 ev[NR], od[NR];
+      for (int i = 0; i < NR; ++i) {
+        const uint8_t* src = wr[i] + c * kStep * kEsz;
+        const __m512i v = kTail ? _mm512_maskz_loadu_epi16(static_cast<__mmask32>((1ull << rem) - 1), src)
+                                : _mm512_loadu_si512(src);
+        ev[i] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+        od[i] = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+      }
+      for (int j = 0; j < NT; ++j) {
+        const __m512 xe = _mm512_load_ps(x[j] + c * 32);
+        const __m512 xo = _mm512_load_ps(x[j] + c * 32 + 16);
+        for (int i = 0; i < NR; ++i) {
+          acc[i][j] = _mm512_fmadd_ps(ev[i], xe, acc[i][j]);
+          acc[i][j] = _mm512_fmadd_ps(od[i], xo, acc[i][j]);
+        }
+      }
+    } else {
+      __m512 wv[NR];
+      for (int i = 0; i < NR; ++i) {
+        const uint8_t* src = wr[i] + c * kStep * kEsz;
+        if constexpr (DT == DType::F32) {
+          wv[i] = kTail ? _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << rem) - 1), src)
+                        : _mm512_loadu_ps(src);
+        } else {
+          wv[i] = _mm512_cvtph_ps(kTail ? _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << rem) - 1), src)
+                                        : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+        }
+      }
+      for (int j = 0; j < NT; ++j) {
+        const __m512 xv = _mm512_load_ps(x[j] + c * 16);
+        for (int i = 0; i < NR; ++i) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+      }
+    }
+  }
+
+  template <int NR, int NT>
+  static void tile(const MatView& w, const Prepared& p, int64_t r, int64_t t, float* y,
+                   int64_t ldy) {
+    const int64_t ns = w.cols / kStep;
+    const int rem = static_cast<int>(w.cols % kStep);
+    const uint8_t* wr[NR];
+    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    const float* x[NT];
+    for (int j = 0; j < NT; ++j) x[j] = p.xf + (t + j) * p.xf_stride;
+    __m512 acc[NR][NT];
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < ns; ++c) step<NR, NT, false>(wr, c, rem, x, acc);
+    if (rem) step<NR, NT, true>(wr, ns, rem, x, acc);
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+  }
+};
+
+// bf16 activations: each 32-chunk stored as its 16 even then its 16 odd elements, matching
+// the lanes the shift / mask widening produces.
+void fill_plain_bf16(const float* x, int64_t cols, float* dst, int64_t stride) {
+  for (int64_t c = 0; c < stride; c += 32) {
+    for (int i = 0; i < 16; ++i) {
+      const int64_t e = c + 2 * i, o = e + 1;
+      dst[c + i] = e < cols ? x[e] : 0.f;
+      dst[c + 16 + i] = o < cols ? x[o] : 0.f;
+    }
+  }
+}
+
+void fill_plain_512(const float* x, int64_t cols, float* dst, int64_t stride) {
+  std::memcpy(dst, x, static_cast<size_t>(cols) * sizeof(float));
+  std::memset(dst + cols, 0, static_cast<size_t>(stride - cols) * sizeof(float));
+}
+
+// ---------------------------------------------------------------- legacy 32-blocks (VNNI)
+
+// [d0 x 8, d1 x 8] from two fp16 scales.
+inline __m512 pair_scale(uint32_t h0, uint32_t h1) {
+  const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(h0 | (h1 << 16))));
+  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
+}
+
+// 16 packed bytes of each block -> 32 nibble values per block (low nibbles first).
+inline __m512i nibble_pair(const uint8_t* q0, const uint8_t* q1) {
+  const __m256i a = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q0)));
+  const __m256i c = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1)));
+  const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(a), c, 1);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  // 128-bit lanes 1 and 3 take the high nibbles.
+  return _mm512_mask_blend_epi64(0xCC, _mm512_and_si512(v, m4),
+                                 _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+}
+
+template <DType DT>
+struct Legacy {
+  static constexpr bool kMin = DT == DType::Q4_1 || DT == DType::Q5_1;
+  static constexpr int kBB = DT == DType::Q8_0 ? 34 : DT == DType::Q4_0 ? 18 : DT == DType::Q4_1 ? 20
+                           : DT == DType::Q5_0 ? 22 : 24;
+
+  // Weights of blocks b0, b1 as int8 (signed for *_0, 0..31 for *_1).
+  static inline __m512i unpack(const uint8_t* b0, const uint8_t* b1) {
+    if constexpr (DT == DType::Q8_0) {
+      return _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 2))),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b1 + 2)), 1);
+    } else if constexpr (DT == DType::Q4_0) {
+      return _mm512_sub_epi8(nibble_pair(b0 + 2, b1 + 2), _mm512_set1_epi8(8));
+    } else if constexpr (DT == DType::Q4_1) {
+      return nibble_pair(b0 + 4, b1 + 4);
+    } else {
+      constexpr int hq = DT == DType::Q5_0 ? 2 : 4;
+      const __mmask64 hk = static_cast<uint64_t>(ld32(b0 + hq)) |
+                           (static_cast<uint64_t>(ld32(b1 + hq)) << 32);
+      const __m512i n = nibble_pair(b0 + hq + 4, b1 + hq + 4);
+      const __m512i v = _mm512_mask_add_epi8(n, hk, n, _mm512_set1_epi8(16));
+      if constexpr (DT == DType::Q5_0) return _mm512_sub_epi8(v, _mm512_set1_epi8(16));
+      else return v;
+    }
+  }
+
+  template <int NR, int NT, bool kFull>
+  static inline void step(const uint8_t* const* wr, int64_t pp, const int8_t* const* xq,
+                          const float* const* xd, const float* const* xs,
+                          __m512 (&acc)[NR][NT]) {
+    __m512i wv[NR], neg[NR];
+    __m512 dw[NR], mw[NR];
+    for (int i = 0; i < NR; ++i) {
+      const uint8_t* b0 = wr[i] + 2 * pp * kBB;
+      const uint8_t* b1 = kFull ? b0 + kBB : b0;
+      wv[i] = unpack(b0, b1);
+      if (!kFull) wv[i] = _mm512_maskz_mov_epi8(0xFFFFFFFFull, wv[i]);  // lone last block
+      neg[i] = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), wv[i]));
+      dw[i] = pair_scale(ld16(b0), kFull ? ld16(b1) : 0);
+      if constexpr (kMin) mw[i] = pair_scale(ld16(b0 + 2), kFull ? ld16(b1 + 2) : 0);
+    }
+    for (int j = 0; j < NT; ++j) {
+      const __m512i xu = _mm512_load_si512(xq[j] + 64 * pp);
+      const __m512 dx = _mm512_load_ps(xd[j] + 16 * pp);
+      for (int i = 0; i < NR; ++i) {
+        const __m512i s = _mm512_dpbusd_epi32(neg[i], xu, wv[i]);
+        acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[i], dx), acc[i][j]);
+        if constexpr (kMin)
+          acc[i][j] = _mm512_fmadd_ps(mw[i], _mm512_load_ps(xs[j] + 16 * pp), acc[i][j]);
+      }
+    }
+  }
+
+  template <int NR, int NT>
+  static void tile(const MatView& w, const Prepared& p, int64_t r, int64_t t, float* y,
+                   int64_t ldy) {
+    const int64_t nb = w.cols / 32;
+    const uint8_t* wr[NR];
+    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    const int8_t* xq[NT];
+    const float* xd[NT];
+    const float* xs[NT];
+    for (int j = 0; j < NT; ++j) {
+      xq[j] = p.q + (t + j) * p.q_stride;
+      xd[j] = p.d + (t + j) * p.d_stride;
+      xs[j] = kMin ? p.sd + (t + j) * p.d_stride : nullptr;
+    }
+    __m512 acc[NR][NT];
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+    const int64_t np = nb / 2;
+    for (int64_t pp = 0; pp < np; ++pp) step<NR, NT, true>(wr, pp, xq, xd, xs, acc);
+    if (nb & 1) step<NR, NT, false>(wr, np, xq, xd, xs, acc);
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+  }
+};
+
+// ---------------------------------------------------------------- k-quants (VNNI)
+
+// Stored order of the 32-value sub-blocks of a Q8_K block for Q4_K / Q5_K weights: one 64-byte
+// load of the weights' packed nibbles holds sub-blocks (0, 2) in its low nibbles and (1, 3) in
+// its high nibbles, so activations are stored in that order.
+// constexpr: a run-time constructor in this file could execute AVX-512 code at start-up.
+struct Perm45 {
+  uint16_t v[256] = {};
+  constexpr Perm45() {
+    const int order[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+    for (int s = 0; s < 8; ++s)
+      for (int l = 0; l < 32; ++l) v[32 * s + l] = static_cast<uint16_t>(32 * order[s] + l);
+  }
+};
+constexpr Perm45 kPerm45;
+
+// Scales and mins of a Q4_K / Q5_K super-block as 8 int16 each (ggml's 6-bit packing, decoded
+// four at a time in 32-bit words).
+inline void k4_scales_vec(const uint8_t* q, __m128i* sc, __m128i* mn) {
+  const uint32_t a = ld32(q), b = ld32(q + 4), c = ld32(q + 8);
+  const uint32_t sc_lo = a & 0x3f3f3f3fu, m_lo = b & 0x3f3f3f3fu;
+  const uint32_t sc_hi = (c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u);
+  const uint32_t m_hi = ((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u);
+  *sc = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc_lo | (uint64_t{sc_hi} << 32))));
+  *mn = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(m_lo | (uint64_t{m_hi} << 32))));
+}
+
+inline __m512i idx16(int a, int b) {  // int16 lanes 0..15 -> a, 16..31 -> b
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(static_cast<int16_t>(a))),
+                            _mm256_set1_epi16(static_cast<int16_t>(b)), 1);
+}
+
+template <DType DT>
+struct K45 {
+  static constexpr int kBB = DT == DType::Q4_K ? 144 : 176;
+
+  template <int NR, int NT>
+  static void tile(const MatView& w, const Prepared& p, int64_t r, int64_t t, float* y,
+                   int64_t ldy) {
+    const int64_t nb = w.cols / 256;
+    const uint8_t* wr[NR];
+    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    const int8_t* xq[NT];
+    const float* xd[NT];
+    const int16_t* bs32[NT];
+    for (int j = 0; j < NT; ++j) {
+      xq[j] = p.q + (t + j) * p.q_stride;
+      xd[j] = p.d + (t + j) * p.d_stride;
+      bs32[j] = p.bsum32 + (t + j) * p.bsum32_stride;
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i sidx[4] = {idx16(0, 2), idx16(1, 3), idx16(4, 6), idx16(5, 7)};
+    __m512 acc[NR][NT];
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m512i v[NR][4], S[NR][4];
+      __m128i mv[NR];
+      float d[NR], dmin[NR];
+      for (int i = 0; i < NR; ++i) {
+        const uint8_t* blk = wr[i] + b * kBB;
+        d[i] = h2f(blk);
+        dmin[i] = h2f(blk + 2);
+        __m128i sc;
+        k4_scales_vec(blk + 4, &sc, &mv[i]);
+        const __m512i scz = _mm512_castsi128_si512(sc);
+        for (int k = 0; k < 4; ++k) S[i][k] = _mm512_permutexvar_epi16(sidx[k], scz);
+        const uint8_t* qs = blk + (DT == DType::Q5_K ? 48 : 16);
+        const __m512i Q0 = _mm512_loadu_si512(qs), Q1 = _mm512_loadu_si512(qs + 64);
+        v[i][0] = _mm512_and_si512(Q0, m4);
+        v[i][1] = _mm512_and_si512(_mm512_srli_epi16(Q0, 4), m4);
+        v[i][2] = _mm512_and_si512(Q1, m4);
+        v[i][3] = _mm512_and_si512(_mm512_srli_epi16(Q1, 4), m4);
+        if constexpr (DT == DType::Q5_K) {
+          const __m512i H = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)));
+          const __m512i s16 = _mm512_set1_epi8(16);
+          for (int k = 0; k < 4; ++k) {
+            // Sub-block s takes bit s of qh; vector k holds sub-blocks (lo, lo + 2).
+            const int lo = (k & 1) + 4 * (k >> 1);
+            const __m512i sel = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_set1_epi8(static_cast<char>(1 << lo))),
+                _mm256_set1_epi8(static_cast<char>(1 << (lo + 2))), 1);
+            v[i][k] = _mm512_mask_add_epi8(v[i][k], _mm512_test_epi8_mask(H, sel), v[i][k], s16);
+          }
+        }
+      }
+      for (int j = 0; j < NT; ++j) {
+        const int8_t* xb = xq[j] + b * 256;
+        __m512i X[4];
+        for (int k = 0; k < 4; ++k) X[k] = _mm512_load_si512(xb + 64 * k);
+        const __m128i bs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bs32[j] + b * 8));
+        const float dx = xd[j][b];
+        for (int i = 0; i < NR; ++i) {
+          __m512i is = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(v[i][0], X[0]), S[i][0]);
+          for (int k = 1; k < 4; ++k)
+            is = _mm512_dpwssd_epi32(is, _mm512_maddubs_epi16(v[i][k], X[k]), S[i][k]);
+          const __m512 mins = _mm512_zextps128_ps512(_mm_cvtepi32_ps(_mm_madd_epi16(mv[i], bs)));
+          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(d[i] * dx), acc[i][j]);
+          acc[i][j] = _mm512_fnmadd_ps(mins, _mm512_set1_ps(dmin[i] * dx), acc[i][j]);
+        }
+      }
+    }
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+  }
+};
+
+struct K6 {
+  template <int NR, int NT>
+  static void tile(const MatView& w, const Prepared& p, int64_t r, int64_t t, float* y,
+                   int64_t ldy) {
+    const int64_t nb = w.cols / 256;
+    const uint8_t* wr[NR];
+    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    const int8_t* xq[NT];
+    const float* xd[NT];
+    const int16_t* bs16[NT];
+    for (int j = 0; j < NT; ++j) {
+      xq[j] = p.q + (t + j) * p.q_stride;
+      xd[j] = p.d + (t + j) * p.d_stride;
+      bs16[j] = p.bsum16 + (t + j) * p.bsum16_stride;
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    // qh bits (2s, 2s+1) -> bits 4..5: shift left 4 / 2 for the low nibble vector's halves,
+    // right 0 / 2 for the high nibble vector's halves.
+    const __m512i sh_lo = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i sh_hi = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    __m512i sidx[4];
+    for (int k = 0; k < 4; ++k) {  // int16 lane l of vector k covers values 64k + 2l, + 1
+      alignas(64) int16_t ix[32];
+      for (int l = 0; l < 32; ++l) ix[l] = static_cast<int16_t>(4 * k + l / 8);
+      sidx[k] = _mm512_load_si512(ix);
+    }
+    __m512 acc[NR][NT];
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m512i v[NR][4], S[NR][4];
+      __m256i sc16[NR];
+      float d[NR];
+      for (int i = 0; i < NR; ++i) {
+        const uint8_t* blk = wr[i] + b * 210;
+        d[i] = h2f(blk + 208);
+        sc16[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
+        const __m512i scz = _mm512_castsi256_si512(sc16[i]);
+        for (int k = 0; k < 4; ++k) S[i][k] = _mm512_permutexvar_epi16(sidx[k], scz);
+        for (int n = 0; n < 2; ++n) {
+          const __m512i L = _mm512_loadu_si512(blk + 64 * n);
+          const __m512i H = _mm512_broadcast_i64x4(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * n)));
+          v[i][2 * n] = _mm512_or_si512(_mm512_and_si512(L, m4),
+                                        _mm512_and_si512(_mm512_sllv_epi16(H, sh_lo), m30));
+          v[i][2 * n + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L, 4), m4),
+                                            _mm512_and_si512(_mm512_srlv_epi16(H, sh_hi), m30));
+        }
+      }
+      for (int j = 0; j < NT; ++j) {
+        const int8_t* xb = xq[j] + b * 256;
+        __m512i X[4];
+        for (int k = 0; k < 4; ++k) X[k] = _mm512_load_si512(xb + 64 * k);
+        const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bs16[j] + b * 16));
+        const float dx = xd[j][b];
+        for (int i = 0; i < NR; ++i) {
+          // Weights are stored +32: start from -32 * sum_g sc_g * bsum_g.
+          const __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(sc16[i], bs), 5);
+          __m512i is = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), corr));
+          for (int k = 0; k < 4; ++k)
+            is = _mm512_dpwssd_epi32(is, _mm512_maddubs_epi16(v[i][k], X[k]), S[i][k]);
+          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(d[i] * dx), acc[i][j]);
+        }
+      }
+    }
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+  }
+};
+
+bool plain(DType dt) { return dt == DType::F32 || dt == DType::F16 || dt == DType::BF16; }
+
+}  // namespace
+
+void prepare_avx512(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prepared* out,
+                    PrepareJob* job) {
+  if (!plain(dt) && !has_vnni()) return prepare_avx2(dt, n_tokens, cols, arena, out, job);
+  *job = PrepareJob{};
+  switch (dt) {
+    case DType::F32: case DType::F16: case DType::BF16:
+      job->plain = plain_alloc(n_tokens, cols, 32, arena, out);
+      job->plain_stride = out->xf_stride;
+      job->fill_plain = dt == DType::BF16 ? fill_plain_bf16 : fill_plain_512;
+      return;
+    case DType::Q4_K: case DType::Q5_K:
+      job->layout.perm256 = kPerm45.v;
+      [[fallthrough]];
+    case DType::Q6_K:
+      job->layout.block = 256;
+      job->layout.want_bsums = true;
+      break;
+    default:
+      job->layout.block = 32;
+      job->layout.offset128 = true;
+      job->layout.d_rep = 8;
+      job->layout.want_sd = dt == DType::Q4_1 || dt == DType::Q5_1;
+      break;
+  }
+  job->quant = true;
+  job->bufs = quant_alloc(job->layout, n_tokens, cols, arena, out);
+}
+
+void rows_avx512(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
+                 int64_t ldy) {
+  if (!plain(w.dtype) && !has_vnni()) return rows_avx2(w, p, r0, r1, y, ldy);
+  switch (w.dtype) {
+    case DType::F32: return drive<Plain<DType::F32>, 4, 4>(w, p, r0, r1, y, ldy);
+    case DType::F16: return drive<Plain<DType::F16>, 4, 4>(w, p, r0, r1, y, ldy);
+    case DType::BF16: return drive<Plain<DType::BF16>, 4, 4>(w, p, r0, r1, y, ldy);
+    case DType::Q8_0: return drive<Legacy<DType::Q8_0>, 4, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q4_0: return drive<Legacy<DType::Q4_0>, 4, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q4_1: return drive<Legacy<DType::Q4_1>, 4, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q5_0: return drive<Legacy<DType::Q5_0>, 4, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q5_1: return drive<Legacy<DType::Q5_1>, 4, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q4_K: return drive<K45<DType::Q4_K>, 2, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q5_K: return drive<K45<DType::Q5_K>, 2, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q6_K: return drive<K6, 2, 3>(w, p, r0, r1, y, ldy);
+    default: break;
+  }
+}
+
+}  // namespace mx::mmk

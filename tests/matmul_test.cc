@@ -1,0 +1,344 @@
+// matmul: every SIMD path on this CPU against the scalar path, the scalar path against a
+// double-precision dot with dequantized weights, and the determinism contract.
+//
+// Tolerances:
+//  * SIMD vs scalar: block integer sums are exact on every path, so only float summation
+//    order differs: |y_simd - y_scalar| <= 2e-6 * sum_i |w_i x_i| (+1e-30).
+//  * Any path vs exact (double, dequantized weights): for quantized weights the error of the
+//    Q8 activations is bounded by sum_blocks (amax_b / 254) * sum_{i in b} |w_i| (half a step
+//    per value); we allow that bound * 1.02 plus 2e-6 * sum |w_i x_i| for float rounding.
+//    f32/f16/bf16 weights: 2e-6 * sum |w_i x_i|.
+//  * Determinism: bit-identical (memcmp).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/half.h"
+#include "kernels/matmul.h"
+#include "kernels/quant_blocks.h"
+#include "kernels/thread_pool.h"
+
+namespace mx {
+namespace {
+
+const DType kAllTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0,
+                           DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1,
+                           DType::Q4_K, DType::Q5_K, DType::Q6_K};
+
+std::vector<SimdPath> simd_paths() {
+  std::vector<SimdPath> v;
+  for (SimdPath p : {SimdPath::Avx2, SimdPath::Avx512})
+    if (cpu_supports(p)) v.push_back(p);
+  return v;
+}
+
+struct PathGuard {  // restores the dispatch choice after a test
+  SimdPath saved = simd_path();
+  ~PathGuard() { set_simd_path(saved); }
+};
+
+void put_f16(uint8_t* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  std::memcpy(p, &h, 2);
+}
+
+// Random weights: every bit pattern of the packed quants is valid, so blocks are random bytes
+// with sane fp16 scales (a few rows get a large or tiny scale to widen the range covered).
+std::vector<uint8_t> random_weights(DType t, int64_t rows, int64_t cols, std::mt19937& rng) {
+  const size_t rb = row_bytes(t, cols);
+  std::vector<uint8_t> w(rb * static_cast<size_t>(rows));
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> u(-1.f, 1.f), pos(0.002f, 0.02f);
+  for (auto& b : w) b = static_cast<uint8_t>(byte(rng));
+  const DTypeInfo& info = dtype_info(t);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* row = w.data() + r * rb;
+    const float rs = r % 7 == 3 ? 50.f : r % 7 == 5 ? 0.02f : 1.f;
+    if (!info.quantized) {
+      for (int64_t i = 0; i < cols; ++i) {
+        const float v = u(rng) * rs;
+        if (t == DType::F32) std::memcpy(row + 4 * i, &v, 4);
+        else if (t == DType::F16) put_f16(row + 2 * i, v);
+        else { const uint16_t h = f32_to_bf16(v); std::memcpy(row + 2 * i, &h, 2); }
+      }
+      continue;
+    }
+    const int64_t nb = cols / info.block_elems;
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t* blk = row + b * info.block_bytes;
+      switch (t) {
+        case DType::Q8_0: case DType::Q4_0: case DType::Q5_0:
+          put_f16(blk, u(rng) * 0.05f * rs);
+          break;
+        case DType::Q4_1: case DType::Q5_1:
+          put_f16(blk, pos(rng) * rs);
+          put_f16(blk + 2, u(rng) * 0.1f * rs);
+          break;
+        case DType::Q4_K: case DType::Q5_K:
+          put_f16(blk, pos(rng) * 0.1f * rs);
+          put_f16(blk + 2, pos(rng) * 0.1f * rs);
+          break;
+        case DType::Q6_K:
+          put_f16(blk + 208, pos(rng) * 0.1f * rs);
+          break;
+        default: break;
+      }
+    }
+  }
+  return w;
+}
+
+std::vector<float> random_acts(int64_t n_tokens, int64_t cols, std::mt19937& rng) {
+  std::vector<float> x(static_cast<size_t>(n_tokens * cols));
+  std::normal_distribution<float> g(0.f, 1.f);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float s = t % 5 == 1 ? 300.f : t % 5 == 3 ? 1e-3f : 1.f;  // per-token scale spread
+    for (int64_t i = 0; i < cols; ++i) x[t * cols + i] = g(rng) * s;
+    if (t % 4 == 2)  // a block of zeros (scale 0) and an outlier
+      for (int64_t i = 0; i < std::min<int64_t>(cols, 32); ++i) x[t * cols + i] = 0.f;
+    if (t % 3 == 0) x[t * cols + (cols - 1)] *= 40.f;
+  }
+  return x;
+}
+
+MatView view(DType t, const std::vector<uint8_t>& w, int64_t rows, int64_t cols) {
+  MatView v;
+  v.dtype = t;
+  v.data = w.data();
+  v.rows = rows;
+  v.cols = cols;
+  v.stride = row_bytes(t, cols);
+  return v;
+}
+
+std::vector<float> run(SimdPath p, const MatView& w, const std::vector<float>& x, int64_t n,
+                       ThreadPool& pool) {
+  set_simd_path(p);
+  std::vector<float> y(static_cast<size_t>(n * w.rows), std::nanf(""));
+  matmul(w, x.data(), n, y.data(), pool);
+  return y;
+}
+
+// Exact reference with dequantized weights; also the tolerance terms described on top.
+struct Ref {
+  std::vector<double> y, mag, qerr;
+};
+Ref reference(const MatView& w, const std::vector<float>& x, int64_t n) {
+  const DTypeInfo& info = dtype_info(w.dtype);
+  const int qb = !info.quantized ? 0 : info.block_elems == 256 ? 256 : 32;
+  Ref r;
+  r.y.resize(static_cast<size_t>(n * w.rows));
+  r.mag.resize(r.y.size());
+  r.qerr.resize(r.y.size());
+  std::vector<float> row(static_cast<size_t>(w.cols));
+  for (int64_t o = 0; o < w.rows; ++o) {
+    dequantize_row(w.dtype, w.row(o), row.data(), w.cols);
+    for (int64_t t = 0; t < n; ++t) {
+      const float* xt = x.data() + t * w.cols;
+      double s = 0, m = 0, e = 0;
+      for (int64_t i = 0; i < w.cols; ++i) {
+        s += static_cast<double>(row[i]) * xt[i];
+        m += std::fabs(static_cast<double>(row[i]) * xt[i]);
+      }
+      if (qb) {
+        for (int64_t b = 0; b < w.cols / qb; ++b) {
+          double amax = 0, wsum = 0;
+          for (int i = 0; i < qb; ++i) {
+            amax = std::max(amax, std::fabs(static_cast<double>(xt[b * qb + i])));
+            wsum += std::fabs(static_cast<double>(row[b * qb + i]));
+          }
+          e += amax / 254.0 * wsum;
+        }
+      }
+      r.y[t * w.rows + o] = s;
+      r.mag[t * w.rows + o] = m;
+      r.qerr[t * w.rows + o] = e;
+    }
+  }
+  return r;
+}
+
+struct Shape {
+  int64_t rows, cols, tokens;
+};
+
+std::vector<Shape> shapes_for(DType t) {
+  const int be = dtype_info(t).block_elems;
+  std::vector<Shape> s;
+  if (be == 256) {
+    for (int64_t cols : {256, 512, 1280})
+      for (int64_t rows : {1, 6, 37})
+        for (int64_t tok : {1, 3, 17, 33}) s.push_back({rows, cols, tok});
+  } else if (be == 32) {
+    for (int64_t cols : {32, 96, 256, 544})
+      for (int64_t rows : {1, 7, 37})
+        for (int64_t tok : {1, 3, 17, 33}) s.push_back({rows, cols, tok});
+  } else {
+    for (int64_t cols : {1, 7, 16, 33, 100, 256, 300})
+      for (int64_t rows : {1, 5, 37})
+        for (int64_t tok : {1, 3, 17, 33}) s.push_back({rows, cols, tok});
+  }
+  return s;
+}
+
+class MatmulTypes : public ::testing::TestWithParam<DType> {};
+
+TEST_P(MatmulTypes, ScalarMatchesExactWithinQuantError) {
+  PathGuard guard;
+  const DType t = GetParam();
+  ThreadPool pool(2);
+  std::mt19937 rng(1234 + static_cast<int>(t));
+  for (const Shape& s : shapes_for(t)) {
+    if (s.tokens == 33 || s.rows == 1) continue;  // enough coverage here; the SIMD test has all
+    auto w = random_weights(t, s.rows, s.cols, rng);
+    auto x = random_acts(s.tokens, s.cols, rng);
+    const MatView v = view(t, w, s.rows, s.cols);
+    const Ref ref = reference(v, x, s.tokens);
+    const auto y = run(SimdPath::Scalar, v, x, s.tokens, pool);
+    for (size_t i = 0; i < y.size(); ++i) {
+      const double tol = ref.qerr[i] * 1.02 + 2e-6 * ref.mag[i] + 1e-30;
+      ASSERT_NEAR(y[i], ref.y[i], tol) << dtype_info(t).name << " rows=" << s.rows
+                                       << " cols=" << s.cols << " tokens=" << s.tokens << " i=" << i;
+    }
+  }
+}
+
+TEST_P(MatmulTypes, SimdMatchesScalar) {
+  PathGuard guard;
+  const DType t = GetParam();
+  ThreadPool pool(2);
+  std::mt19937 rng(99 + static_cast<int>(t));
+  for (SimdPath p : simd_paths()) {
+    for (const Shape& s : shapes_for(t)) {
+      auto w = random_weights(t, s.rows, s.cols, rng);
+      auto x = random_acts(s.tokens, s.cols, rng);
+      const MatView v = view(t, w, s.rows, s.cols);
+      const Ref ref = reference(v, x, s.tokens);
+      const auto ys = run(SimdPath::Scalar, v, x, s.tokens, pool);
+      const auto yv = run(p, v, x, s.tokens, pool);
+      for (size_t i = 0; i < ys.size(); ++i) {
+        ASSERT_NEAR(yv[i], ys[i], 2e-6 * ref.mag[i] + 1e-30)
+            << simd_path_name(p) << " " << dtype_info(t).name << " rows=" << s.rows
+            << " cols=" << s.cols << " tokens=" << s.tokens << " i=" << i;
+      }
+    }
+  }
+}
+
+TEST_P(MatmulTypes, DeterministicAcrossBatchingAndThreads) {
+  PathGuard guard;
+  const DType t = GetParam();
+  std::mt19937 rng(7 + static_cast<int>(t));
+  const int64_t cols = dtype_info(t).block_elems == 256 ? 768 : dtype_info(t).quantized ? 352 : 203;
+  const int64_t rows = 53, n = 17;
+  auto w = random_weights(t, rows, cols, rng);
+  auto x = random_acts(n, cols, rng);
+  const MatView v = view(t, w, rows, cols);
+  ThreadPool p1(1), p2(2), p3(3);
+  std::vector<SimdPath> paths = simd_paths();
+  paths.push_back(SimdPath::Scalar);
+  for (SimdPath p : paths) {
+    const auto batch = run(p, v, x, n, p2);
+    // One token at a time.
+    for (int64_t tk = 0; tk < n; ++tk) {
+      std::vector<float> xt(x.begin() + tk * cols, x.begin() + (tk + 1) * cols);
+      const auto one = run(p, v, xt, 1, p1);
+      ASSERT_EQ(0, std::memcmp(one.data(), batch.data() + tk * rows, rows * sizeof(float)))
+          << simd_path_name(p) << " token " << tk;
+    }
+    // Ragged sub-batches (different tile splits) at other offsets.
+    for (int64_t start : {0, 1, 5}) {
+      for (int64_t len : {2, 3, 7, 12}) {
+        if (start + len > n) continue;
+        std::vector<float> xs(x.begin() + start * cols, x.begin() + (start + len) * cols);
+        const auto sub = run(p, v, xs, len, p3);
+        ASSERT_EQ(0, std::memcmp(sub.data(), batch.data() + start * rows, len * rows * sizeof(float)))
+            << simd_path_name(p) << " start " << start << " len " << len;
+      }
+    }
+    for (ThreadPool* pool : {&p1, &p3}) {
+      const auto y = run(p, v, x, n, *pool);
+      ASSERT_EQ(0, std::memcmp(y.data(), batch.data(), y.size() * sizeof(float)))
+          << simd_path_name(p) << " threads " << pool->size();
+    }
+    // A row sub-range (as a sharded run would see it) gives the same rows.
+    MatView part = v;
+    part.data = v.row(9);
+    part.rows = 30;
+    std::vector<float> yp(static_cast<size_t>(n * part.rows));
+    matmul(part, x.data(), n, yp.data(), p2);
+    for (int64_t tk = 0; tk < n; ++tk)
+      ASSERT_EQ(0, std::memcmp(yp.data() + tk * part.rows, batch.data() + tk * rows + 9,
+                               part.rows * sizeof(float)))
+          << simd_path_name(p) << " row shard, token " << tk;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, MatmulTypes, ::testing::ValuesIn(kAllTypes),
+                         [](const ::testing::TestParamInfo<DType>& i) {
+                           return std::string(dtype_info(i.param).name);
+                         });
+
+// Quantizing weights with the reference encoder, then multiplying, stays close to the f32
+// product (end-to-end sanity of the formats the engine writes).
+TEST(Matmul, QuantizedCloseToF32) {
+  PathGuard guard;
+  std::mt19937 rng(5);
+  const int64_t rows = 24, cols = 512, n = 3;
+  std::vector<float> wf(static_cast<size_t>(rows * cols));
+  std::normal_distribution<float> g(0.f, 0.02f);
+  for (float& v : wf) v = g(rng);
+  auto x = random_acts(n, cols, rng);
+  ThreadPool pool(2);
+  std::vector<uint8_t> f32(wf.size() * 4);
+  std::memcpy(f32.data(), wf.data(), f32.size());
+  const auto yf = run(simd_path_for_env(nullptr), view(DType::F32, f32, rows, cols), x, n, pool);
+  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+    std::vector<uint8_t> q(row_bytes(t, cols) * rows);
+    for (int64_t r = 0; r < rows; ++r)
+      ASSERT_TRUE(quantize_row(t, wf.data() + r * cols, q.data() + r * row_bytes(t, cols), cols));
+    const auto y = run(simd_path_for_env(nullptr), view(t, q, rows, cols), x, n, pool);
+    for (int64_t tk = 0; tk < n; ++tk) {
+      double num = 0, den = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const double d = y[tk * rows + r] - yf[tk * rows + r];
+        num += d * d;
+        den += static_cast<double>(yf[tk * rows + r]) * yf[tk * rows + r];
+      }
+      const double rel = std::sqrt(num / den);
+      EXPECT_LT(rel, t == DType::Q8_0 ? 0.02 : 0.15) << dtype_info(t).name << " token " << tk;
+    }
+  }
+}
+
+TEST(Matmul, Dispatch) {
+  EXPECT_TRUE(cpu_supports(SimdPath::Scalar));
+  EXPECT_EQ(simd_path_for_env("scalar"), SimdPath::Scalar);
+  const SimdPath best = simd_path_for_env(nullptr);
+  EXPECT_TRUE(cpu_supports(best));
+  EXPECT_EQ(simd_path_for_env("bogus"), best);
+  EXPECT_EQ(simd_path_for_env("avx512"), best);  // capped to what the CPU has
+  if (cpu_supports(SimdPath::Avx2)) {
+    EXPECT_EQ(simd_path_for_env("avx2"), SimdPath::Avx2);
+  }
+  if (cpu_supports(SimdPath::Avx512)) {
+    EXPECT_TRUE(cpu_supports(SimdPath::Avx2));
+  }
+  EXPECT_EQ(simd_path_name(SimdPath::Avx512), "avx512");
+}
+
+TEST(Matmul, RejectsRaggedQuantizedRows) {
+  std::vector<uint8_t> w(row_bytes(DType::Q8_0, 64));
+  MatView v = view(DType::Q8_0, w, 1, 64);
+  v.cols = 40;
+  std::vector<float> x(40), y(1);
+  ThreadPool pool(1);
+  EXPECT_THROW(matmul(v, x.data(), 1, y.data(), pool), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace mx
