@@ -1,5 +1,9 @@
 #include "cli/common.h"
 
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
 #include "formats/error.h"
 #include "formats/model_loader.h"
 #include "runtime/tokenizer.h"
@@ -21,6 +25,8 @@ DType parse_kv_dtype(const std::string& s) {
   return d;
 }
 
+Engine::Engine() = default;
+Engine::Engine(Engine&&) noexcept = default;
 Engine::~Engine() = default;
 
 Engine open_engine(const EngineOptions& o) {
@@ -35,6 +41,37 @@ Engine open_engine(const EngineOptions& o) {
          " pieces but the model's vocabulary is " + std::to_string(e.loaded->config.vocab));
   e.model = make_model(e.loaded, lo, *e.pool);
   return e;
+}
+
+std::function<std::vector<float>(const std::vector<SeqChunk>&)> make_forward(Engine& e, KvCache& kv) {
+  return [&e, &kv](const std::vector<SeqChunk>& batch) { return forward(*e.model, kv, batch, *e.pool); };
+}
+
+std::vector<std::string> read_prompts_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) fail(path + ": cannot open prompts file");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(ss.str());
+  } catch (const std::exception& ex) {
+    fail(path + ": not valid JSON: " + ex.what());
+  }
+  if (!j.is_array()) fail(path + ": expected a JSON list of prompts");
+  std::vector<std::string> out;
+  for (size_t i = 0; i < j.size(); ++i) {
+    const auto& p = j[i];
+    if (p.is_string()) {
+      out.push_back(p.get<std::string>());
+    } else if (p.is_object() && p.contains("prompt") && p["prompt"].is_string()) {
+      out.push_back(p["prompt"].get<std::string>());
+    } else {
+      fail(path + ": entry " + std::to_string(i) + " needs a string field 'prompt'");
+    }
+  }
+  if (out.empty()) fail(path + ": no prompts");
+  return out;
 }
 
 }  // namespace mx::cli

@@ -1,6 +1,7 @@
 // What most commands share: opening a model with its tokenizer and thread pool.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -28,10 +29,16 @@ struct Engine {
   std::unique_ptr<Model> model;
   std::unique_ptr<Tokenizer> tokenizer;
   DType kv_dtype = DType::F16;
+  Engine();
+  Engine(Engine&&) noexcept;
   ~Engine();
 };
 
 Engine open_engine(const EngineOptions& o);
+// The step function schedulers call: one forward over `kv` (and, under MPI, on every rank).
+std::function<std::vector<float>(const std::vector<SeqChunk>&)> make_forward(Engine& e, KvCache& kv);
+// A prompts file: a JSON list of strings or of {"prompt": "..."} objects.
+std::vector<std::string> read_prompts_file(const std::string& path);
 DType parse_kv_dtype(const std::string& s);
 
 }  // namespace mx::cli

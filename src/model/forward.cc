@@ -46,6 +46,7 @@ std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& b
   std::vector<TokenPos> tp;
   std::vector<int> tokens;
   for (const SeqChunk& s : batch) {
+    if (s.fresh) kv.reset(s.slot);
     kv.ensure_slot(s.slot);
     const int start = kv.length(s.slot);
     kv.reserve(s.slot, start + static_cast<int>(s.tokens.size()));

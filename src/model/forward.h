@@ -35,6 +35,7 @@ struct SeqChunk {
   int slot = 0;
   std::vector<int> tokens;
   bool all_logits = false;  // logits after every token (scoring), else only after the last
+  bool fresh = false;       // starts a new sequence: the slot's cache is reset first
 };
 
 // Appends every chunk's tokens to its slot's cache and returns logits: for each chunk in order,

@@ -1,0 +1,151 @@
+#include "runtime/scheduler.h"
+
+#include <algorithm>
+
+#include "formats/error.h"
+
+namespace mx {
+
+std::string finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::None: return "none";
+    case FinishReason::Eos: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Context: return "context";
+    case FinishReason::Cancelled: return "cancelled";
+  }
+  return "?";
+}
+
+Scheduler::Scheduler(ForwardFn forward, int vocab, int eos_id, int max_ctx,
+                     const SchedulerOptions& o)
+    : forward_(std::move(forward)), vocab_(vocab), eos_id_(eos_id), max_ctx_(max_ctx), opt_(o),
+      t0_(std::chrono::steady_clock::now()) {
+  if (opt_.max_users < 1) fail("scheduler needs at least one user slot");
+  opt_.prefill_chunk = std::max(1, opt_.prefill_chunk);
+  opt_.step_tokens = std::max(opt_.prefill_chunk, opt_.step_tokens);
+  for (int s = opt_.max_users - 1; s >= 0; --s) free_slots_.push_back(s);
+}
+
+double Scheduler::now() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+}
+
+int Scheduler::submit(Request r) {
+  if (r.prompt.empty()) fail("empty prompt");
+  if (r.max_new_tokens < 1) fail("max_new_tokens must be >= 1");
+  if (static_cast<int>(r.prompt.size()) >= max_ctx_)
+    fail("prompt of " + std::to_string(r.prompt.size()) + " tokens does not fit the context of " +
+         std::to_string(max_ctx_) + " tokens (room is needed for at least one new token)");
+  for (int id : r.prompt)
+    if (id < 0 || id >= vocab_) fail("unknown token id " + std::to_string(id) + " in prompt");
+  UserState u;
+  u.id = static_cast<int>(users_.size());
+  u.rng = Rng(r.sampling.seed, static_cast<uint64_t>(u.id));
+  u.req = std::move(r);
+  u.t_submit = now();
+  users_.push_back(std::move(u));
+  queue_.push_back(users_.back().id);
+  return users_.back().id;
+}
+
+void Scheduler::cancel(int id) {
+  UserState& u = users_.at(static_cast<size_t>(id));
+  if (u.finish != FinishReason::None) return;
+  queue_.erase(std::remove(queue_.begin(), queue_.end(), id), queue_.end());
+  finish(u, FinishReason::Cancelled);
+}
+
+bool Scheduler::busy() const { return !queue_.empty() || !active_.empty(); }
+
+void Scheduler::admit() {
+  while (!queue_.empty() && !free_slots_.empty()) {
+    UserState& u = users_[static_cast<size_t>(queue_.front())];
+    queue_.pop_front();
+    u.slot = free_slots_.back();
+    free_slots_.pop_back();
+    active_.push_back(u.id);
+  }
+}
+
+void Scheduler::finish(UserState& u, FinishReason r) {
+  u.finish = r;
+  u.t_done = now();
+  if (u.slot >= 0) {
+    free_slots_.push_back(u.slot);
+    u.slot = -1;
+  }
+  active_.erase(std::remove(active_.begin(), active_.end(), u.id), active_.end());
+}
+
+StepStats Scheduler::step(const std::function<void(int, int)>& on_token,
+                          const std::function<void(int)>& on_finish) {
+  StepStats st;
+  admit();
+  if (active_.empty()) return st;
+  const double t_start = now();
+  std::vector<SeqChunk> batch;
+  std::vector<int> owner;          // user id per chunk
+  std::vector<bool> sample_after;  // chunk completes the prompt or is a decode step
+  int budget = opt_.step_tokens;
+  for (int id : active_) {
+    UserState& u = users_[static_cast<size_t>(id)];
+    const std::vector<int>& p = u.req.prompt;
+    SeqChunk c;
+    c.slot = u.slot;
+    if (u.fed < p.size()) {
+      size_t n = 1;
+      const bool chunked = opt_.mode == FeedMode::PrefillDecode &&
+                           (opt_.prefill_cap <= 0 || u.fed < static_cast<size_t>(opt_.prefill_cap));
+      if (chunked) {
+        size_t limit = p.size();
+        if (opt_.prefill_cap > 0) limit = std::min(limit, static_cast<size_t>(opt_.prefill_cap));
+        n = std::min({limit - u.fed, static_cast<size_t>(opt_.prefill_chunk),
+                      static_cast<size_t>(std::max(budget, 0))});
+        if (n == 0) continue;  // this step's prompt budget is spent; wait for the next
+        budget -= static_cast<int>(n);
+      }
+      c.fresh = u.fed == 0;
+      c.tokens.assign(p.begin() + static_cast<long>(u.fed), p.begin() + static_cast<long>(u.fed + n));
+      u.fed += n;
+      ++u.prompt_steps;
+      st.prompt_tokens += static_cast<int>(n);
+      sample_after.push_back(u.fed == p.size());
+    } else {
+      c.tokens = {u.generated.back()};
+      st.decode_tokens += 1;
+      sample_after.push_back(true);
+    }
+    batch.push_back(std::move(c));
+    owner.push_back(id);
+  }
+  st.users = static_cast<int>(batch.size());
+  const std::vector<float> logits = forward_(batch);
+  std::vector<int> finished;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (!sample_after[i]) continue;
+    UserState& u = users_[static_cast<size_t>(owner[i])];
+    const int tok = sample(logits.data() + i * static_cast<size_t>(vocab_), vocab_, u.req.sampling, u.rng);
+    if (u.generated.empty()) u.t_first_token = now();
+    u.generated.push_back(tok);
+    if (on_token) on_token(u.id, tok);
+    const int length = static_cast<int>(u.req.prompt.size() + u.generated.size());
+    if (u.req.stop_at_eos && tok == eos_id_) {
+      finish(u, FinishReason::Eos);
+    } else if (static_cast<int>(u.generated.size()) >= u.req.max_new_tokens) {
+      finish(u, FinishReason::Length);
+    } else if (length >= max_ctx_) {
+      // The next decode step would write past the context.
+      finish(u, FinishReason::Context);
+    } else {
+      continue;
+    }
+    finished.push_back(u.id);
+  }
+  if (on_finish)
+    for (int id : finished) on_finish(id);
+  st.seconds = now() - t_start;
+  return st;
+}
+
+}  // namespace mx
