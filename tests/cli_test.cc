@@ -1,0 +1,129 @@
+// The CLI end to end: commands, JSON outputs, and one clear message per bad input.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace mx {
+namespace {
+
+using test::run_cli;
+
+const std::string kHf = test::data_path("tiny-mixtral/hf");
+
+nlohmann::json expected() {
+  return nlohmann::json::parse(test::read_file(test::data_path("tiny-mixtral/expected.json")));
+}
+
+TEST(Cli, HelpVersionAndUnknownFlags) {
+  auto r = run_cli("--help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* cmd : {"generate", "chat", "score"}) EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd;
+  r = run_cli("--version");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("mixtral"), std::string::npos);
+  r = run_cli("generate --help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("--top-p"), std::string::npos);
+  r = run_cli("generate --model " + kHf + " --no-such-flag");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--no-such-flag"), std::string::npos) << r.err;
+  r = run_cli("");
+  EXPECT_NE(r.exit_code, 0);
+}
+
+TEST(Cli, ScoreCasesMatchReferenceOnEveryLayout) {
+  const nlohmann::json want = expected();
+  for (const char* layout : {"hf", "mistral", "pth", "pt-stacked"}) {
+    auto r = run_cli("score --model " + test::data_path(std::string("tiny-mixtral/") + layout) +
+                     " --cases " + test::data_path("tiny-mixtral/expected.json"));
+    ASSERT_EQ(r.exit_code, 0) << layout << r.err;
+    const nlohmann::json got = nlohmann::json::parse(r.out);
+    ASSERT_EQ(got.size(), want["cases"].size());
+    for (size_t c = 0; c < got.size(); ++c) {
+      const auto& wc = want["cases"][c];
+      std::vector<int> idx;
+      if (wc.contains("positions_index")) idx = wc["positions_index"].get<std::vector<int>>();
+      else for (size_t j = 0; j < wc["tokens"].size(); ++j) idx.push_back(static_cast<int>(j));
+      for (size_t n = 0; n < idx.size(); ++n) {
+        const auto& gp = got[c]["positions"][static_cast<size_t>(idx[n])];
+        const auto& wp = wc["positions"][n];
+        EXPECT_NEAR(gp["lse"].get<double>(), wp["lse"].get<double>(), 1e-3) << layout;
+        EXPECT_NEAR(gp["top"][0][1].get<double>(), wp["top"][0][1].get<double>(), 1e-3) << layout;
+        if (wc.contains("next_token_logprob") && n + 1 < idx.size())
+          EXPECT_NEAR(gp["next_logprob"].get<double>(), wc["next_token_logprob"][n].get<double>(), 1e-3);
+      }
+      EXPECT_TRUE(got[c]["positions"].back()["next_logprob"].is_null());
+    }
+  }
+}
+
+TEST(Cli, ScoreTextAddsBosAndTokensValidate) {
+  auto r = run_cli("score --model " + kHf + " --text 'Mistral.ai is a company that' --top 3");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["tokens"], expected()["cases"][0]["tokens"]);
+  EXPECT_EQ(j["positions"][0]["top"].size(), 3u);
+  r = run_cli("score --model " + kHf + " --tokens 1,99999");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("unknown token id 99999"), std::string::npos) << r.err;
+  r = run_cli("score --model " + kHf + " --tokens 1,x");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("'x' is not an integer"), std::string::npos) << r.err;
+}
+
+TEST(Cli, GreedyGenerateReproducesReference) {
+  auto r = run_cli("generate --model " + kHf + " --temperature 0 -n 24 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto got = nlohmann::json::parse(r.out);
+  const auto want = expected()["greedy"];
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i]["prompt"], want[i]["prompt"]);
+    EXPECT_EQ(got[i]["tokens"], want[i]["generated"]) << i;
+  }
+}
+
+TEST(Cli, SeededSamplingIsReproducible) {
+  const std::string args = "generate --model " + kHf + " --prompt 'Hello' -n 16 --json --seed ";
+  auto a = run_cli(args + "7"), b = run_cli(args + "7"), c = run_cli(args + "8");
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_NE(a.out, c.out);
+  EXPECT_EQ(nlohmann::json::parse(a.out)[0]["tokens"].size(), 16u);
+}
+
+TEST(Cli, BadInputsGiveOneClearError) {
+  auto r = run_cli("generate --model /nonexistent/model --prompt hi");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("/nonexistent/model: no such file"), std::string::npos) << r.err;
+  r = run_cli("generate --model " + kHf + " --prompt 'a b c d e f g h' --context 4");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("does not fit the context of 4 tokens"), std::string::npos) << r.err;
+  r = run_cli("generate --model " + kHf + " --prompts-file /nonexistent.json");
+  EXPECT_NE(r.err.find("/nonexistent.json: cannot open"), std::string::npos) << r.err;
+  r = run_cli("score --model " + kHf + " --kv-dtype q4 --tokens 1");
+  EXPECT_NE(r.err.find("--kv-dtype must be f32, f16 or bf16"), std::string::npos) << r.err;
+  const std::string d = test::tmp_dir("cli");
+  std::system(("echo '{\"cases\": [{\"tokens\": \"oops\"}]}' > " + d + "/c.json").c_str());
+  r = run_cli("score --model " + kHf + " --cases " + d + "/c.json");
+  EXPECT_NE(r.err.find("cases[0]: field 'tokens' must be a list"), std::string::npos) << r.err;
+  std::system(("echo '[{\"prompt\": 3}]' > " + d + "/p.json").c_str());
+  r = run_cli("generate --model " + kHf + " --prompts-file " + d + "/p.json");
+  EXPECT_NE(r.err.find("entry 0 needs a string field 'prompt'"), std::string::npos) << r.err;
+}
+
+TEST(Cli, ChatStreamsRepliesFromStdin) {
+  const std::string d = test::tmp_dir("chat");
+  std::system(("printf 'Hello there\\nAnd again\\n' > " + d + "/in.txt").c_str());
+  // run_cli feeds /dev/null as stdin, so this one runs through the shell with its own input.
+  const std::string cmd = std::string(MIXTRAL_BIN) + " chat --model " + kHf +
+                          " --temperature 0 -n 8 < " + d + "/in.txt > " + d + "/out.txt 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  const std::string out = test::read_file(d + "/out.txt");
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 2) << out;
+}
+
+}  // namespace
+}  // namespace mx
