@@ -11,8 +11,11 @@
 //  * Determinism: bit-identical (memcmp).
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <thread>
 #include <random>
 #include <string>
 #include <vector>
@@ -338,6 +341,38 @@ TEST(Matmul, RejectsRaggedQuantizedRows) {
   std::vector<float> x(40), y(1);
   ThreadPool pool(1);
   EXPECT_THROW(matmul(v, x.data(), 1, y.data(), pool), std::invalid_argument);
+}
+
+// The pool's spin-then-sleep hand-off: many back-to-back jobs (spinning workers), jobs after
+// idle gaps longer than the spin window (sleeping workers), every index run exactly once.
+TEST(ThreadPool, RunsEveryIndexOnceAcrossSpinAndSleep) {
+  for (int threads : {1, 2, 3, 4}) {
+    ThreadPool pool(threads);
+    std::vector<int> hits(1000);
+    for (int round = 0; round < 1500; ++round) {
+      const int64_t n = 1 + round % 997;
+      std::atomic<int64_t> sum{0};
+      pool.parallel_for(n, [&](int64_t b, int64_t e, int idx) {
+        ASSERT_LT(idx, threads);
+        int64_t s = 0;
+        for (int64_t i = b; i < e; ++i) s += i + 1;
+        sum.fetch_add(s);
+      }, 1 + round % 5);
+      ASSERT_EQ(sum.load(), n * (n + 1) / 2) << "threads " << threads << " round " << round;
+      if (round % 500 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    // Contiguous ranges in multiples of the grain, the same split every time.
+    std::vector<std::pair<int64_t, int64_t>> first(threads, {-1, -1}), again(threads, {-1, -1});
+    pool.parallel_for(103, [&](int64_t b, int64_t e, int i) { first[i] = {b, e}; }, 8);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    pool.parallel_for(103, [&](int64_t b, int64_t e, int i) { again[i] = {b, e}; }, 8);
+    EXPECT_EQ(first, again);
+    for (auto [b, e] : first) {
+      if (b >= 0 && e < 103) {
+        EXPECT_EQ(0, (e - b) % 8);
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -1,7 +1,12 @@
 // A persistent pool of worker threads. parallel_for splits [0, n) into one contiguous range per
 // thread (the calling thread takes part), so work never depends on timing: results are the same
 // for any thread count as long as each index is computed independently.
+//
+// Decode issues hundreds of short parallel_for calls per token, so idle workers (and the caller
+// waiting for them) spin for a short while (~50 us) before sleeping on a condition variable:
+// a job posted within that window starts without a futex wake-up.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -30,11 +35,15 @@ class ThreadPool {
   std::vector<std::thread> threads_;
   std::mutex mu_;
   std::condition_variable cv_start_, cv_done_;
+  // Job fields are written before generation_ is bumped (release) and read after a worker
+  // sees the new generation (acquire).
   const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
   int64_t job_n_ = 0, job_grain_ = 1;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<int> sleepers_{0};          // workers blocked on cv_start_
+  std::atomic<bool> caller_sleeping_{false};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace mx

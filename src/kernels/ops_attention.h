@@ -1,0 +1,144 @@
+// Single-query attention written once over a vector-traits type V, included by ops_avx2.cc and
+// ops_avx512.cc (internal linkage: each file compiles its own copy with its own ISA flags).
+//
+// Per kv head, positions are taken in chunks of V::kW (one vector of scores per query head):
+//   scores: each K row is widened once and dotted with every query head of the group (two
+//           accumulators per head to hide FMA latency); the kW partial vectors of a head are
+//           reduced together by one transpose-add (V::reduce_w) instead of kW horizontal sums;
+//   online softmax per chunk: new max, rescale factor exp(m_old - m_new), p = exp(s - m_new);
+//   PV: each V row is widened once per pair of 1/kW-slices and accumulated into every head.
+// V provides: vec, kW, zero, set1, load, store, add, mul, fmadd, exp, reduce_add, reduce_max,
+// reduce_w(vec[kW]), mask_tail(vec, n) (lanes >= n -> -inf), load_kv<DType>(bytes) (kW values).
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/ops.h"
+
+namespace mx::ops {
+namespace {
+
+template <class V, DType DT, int G>
+void attention_head(const float* q, const KvRows& K, const KvRows& Vr, int n_kv, int hd,
+                    float scale, float* out, int g) {
+  using vec = typename V::vec;
+  constexpr int W = V::kW;
+  constexpr size_t esz = DT == DType::F32 ? 4 : 2;
+  const int nc = hd / W;  // slices of W values per head
+  alignas(64) float acc[G][256];
+  alignas(64) float part[G][W][W];
+  alignas(64) float pw[G][W];
+  float m[G], l[G], rs[G];
+  for (int j = 0; j < G; ++j) {
+    m[j] = -INFINITY;
+    l[j] = 0.f;
+    for (int c = 0; c < nc; ++c) V::store(acc[j] + c * W, V::zero());
+  }
+  const float* qh = q + static_cast<size_t>(g) * G * hd;
+  const size_t head_off = static_cast<size_t>(g) * hd * esz;
+  for (int p0 = 0; p0 < n_kv; p0 += W) {
+    const int np = n_kv - p0 < W ? n_kv - p0 : W;
+    for (int p = 0; p < np; ++p) {
+      const uint8_t* kr = K.data + static_cast<size_t>(p0 + p) * K.row_stride + head_off;
+      vec a0[G], a1[G];
+      for (int j = 0; j < G; ++j) a0[j] = a1[j] = V::zero();
+      int c = 0;
+      for (; c + 1 < nc; c += 2) {
+        const vec k0 = V::template load_kv<DT>(kr + c * W * esz);
+        const vec k1 = V::template load_kv<DT>(kr + (c + 1) * W * esz);
+        for (int j = 0; j < G; ++j) {
+          a0[j] = V::fmadd(V::load(qh + j * hd + c * W), k0, a0[j]);
+          a1[j] = V::fmadd(V::load(qh + j * hd + (c + 1) * W), k1, a1[j]);
+        }
+      }
+      if (c < nc) {
+        const vec k0 = V::template load_kv<DT>(kr + c * W * esz);
+        for (int j = 0; j < G; ++j) a0[j] = V::fmadd(V::load(qh + j * hd + c * W), k0, a0[j]);
+      }
+      for (int j = 0; j < G; ++j) V::store(part[j][p], V::add(a0[j], a1[j]));
+    }
+    for (int j = 0; j < G; ++j) {
+      for (int p = np; p < W; ++p) V::store(part[j][p], V::zero());
+      vec pv[W];
+      for (int p = 0; p < W; ++p) pv[p] = V::load(part[j][p]);
+      const vec s = V::mask_tail(V::mul(V::reduce_w(pv), V::set1(scale)), np);
+      const float cm = V::reduce_max(s);
+      const float mn = m[j] > cm ? m[j] : cm;
+      const vec e = V::exp(V::add(s, V::set1(-mn)));
+      rs[j] = ::expf(m[j] - mn);  // 0 on the first chunk (m = -inf)
+      l[j] = l[j] * rs[j] + V::reduce_add(e);
+      m[j] = mn;
+      V::store(pw[j], e);
+    }
+    int c = 0;
+    for (; c + 1 < nc; c += 2) {
+      vec a0[G], a1[G];
+      for (int j = 0; j < G; ++j) {
+        const vec r = V::set1(rs[j]);
+        a0[j] = V::mul(V::load(acc[j] + c * W), r);
+        a1[j] = V::mul(V::load(acc[j] + (c + 1) * W), r);
+      }
+      for (int p = 0; p < np; ++p) {
+        const uint8_t* vr = Vr.data + static_cast<size_t>(p0 + p) * Vr.row_stride + head_off;
+        const vec v0 = V::template load_kv<DT>(vr + c * W * esz);
+        const vec v1 = V::template load_kv<DT>(vr + (c + 1) * W * esz);
+        for (int j = 0; j < G; ++j) {
+          const vec w = V::set1(pw[j][p]);
+          a0[j] = V::fmadd(w, v0, a0[j]);
+          a1[j] = V::fmadd(w, v1, a1[j]);
+        }
+      }
+      for (int j = 0; j < G; ++j) {
+        V::store(acc[j] + c * W, a0[j]);
+        V::store(acc[j] + (c + 1) * W, a1[j]);
+      }
+    }
+    if (c < nc) {
+      vec a0[G];
+      for (int j = 0; j < G; ++j) a0[j] = V::mul(V::load(acc[j] + c * W), V::set1(rs[j]));
+      for (int p = 0; p < np; ++p) {
+        const uint8_t* vr = Vr.data + static_cast<size_t>(p0 + p) * Vr.row_stride + head_off;
+        const vec v0 = V::template load_kv<DT>(vr + c * W * esz);
+        for (int j = 0; j < G; ++j) a0[j] = V::fmadd(V::set1(pw[j][p]), v0, a0[j]);
+      }
+      for (int j = 0; j < G; ++j) V::store(acc[j] + c * W, a0[j]);
+    }
+  }
+  for (int j = 0; j < G; ++j) {
+    const vec inv = V::set1(1.f / l[j]);
+    float* o = out + (static_cast<size_t>(g) * G + j) * hd;
+    for (int c = 0; c < nc; ++c) V::store(o + c * W, V::mul(V::load(acc[j] + c * W), inv));
+  }
+}
+
+// Dispatches on cache dtype and group size; shapes the template does not cover go to ref.
+template <class V>
+void attention_simd(const float* q, const KvRows& k, const KvRows& v, int n_kv, int n_heads,
+                    int n_kv_heads, int head_dim, float scale, float* out, int g0, int g1) {
+  if (g1 < 0) g1 = n_kv_heads;
+  const int group = n_heads / n_kv_heads;
+  const bool ok = k.dtype == v.dtype && head_dim % V::kW == 0 && head_dim <= 256 &&
+                  (group == 1 || group == 2 || group == 4 || group == 8) &&
+                  (k.dtype == DType::F32 || k.dtype == DType::F16 || k.dtype == DType::BF16);
+  if (!ok) return ref::attention(q, k, v, n_kv, n_heads, n_kv_heads, head_dim, scale, out, g0, g1);
+  for (int g = g0; g < g1; ++g) {
+#define MX_ATTN_G(DT)                                                                              \
+  switch (group) {                                                                                 \
+    case 1: attention_head<V, DT, 1>(q, k, v, n_kv, head_dim, scale, out, g); break;              \
+    case 2: attention_head<V, DT, 2>(q, k, v, n_kv, head_dim, scale, out, g); break;              \
+    case 4: attention_head<V, DT, 4>(q, k, v, n_kv, head_dim, scale, out, g); break;              \
+    default: attention_head<V, DT, 8>(q, k, v, n_kv, head_dim, scale, out, g); break;             \
+  }
+    if (k.dtype == DType::F32) {
+      MX_ATTN_G(DType::F32)
+    } else if (k.dtype == DType::F16) {
+      MX_ATTN_G(DType::F16)
+    } else {
+      MX_ATTN_G(DType::BF16)
+    }
+#undef MX_ATTN_G
+  }
+}
+
+}  // namespace
+}  // namespace mx::ops
