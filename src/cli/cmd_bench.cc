@@ -1,0 +1,58 @@
+// `mixtral bench`: speed figures beside the ceilings measured in the same run.
+#include <cstdio>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "formats/error.h"
+#include "runtime/bench.h"
+
+namespace mx::cli {
+
+namespace {
+
+struct BenchArgs {
+  EngineOptions engine;
+  int prompt = 512, gen = 128;
+  std::string batches = "1,8,32";
+  bool json = false;
+};
+
+int run(BenchArgs& a) {
+  BenchOptions o;
+  o.prompt = a.prompt;
+  o.gen = a.gen;
+  o.batches.clear();
+  std::stringstream ss(a.batches);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    try {
+      o.batches.push_back(std::stoi(part));
+    } catch (const std::exception&) {
+      fail("--batch: '" + part + "' is not a number");
+    }
+  }
+  if (o.batches.empty()) fail("--batch needs at least one size");
+  Engine e = open_engine(a.engine);
+  o.kv_dtype = e.kv_dtype;
+  const BenchResult r = run_bench(*e.model, *e.pool, o, [&](const std::string& s) {
+    if (!a.json) std::fprintf(stderr, "bench: %s\n", s.c_str());
+  });
+  std::printf("%s\n", a.json ? bench_to_json(r).c_str() : bench_to_text(r).c_str());
+  return 0;
+}
+
+}  // namespace
+
+Command add_bench(CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  CLI::App* sub = app.add_subcommand("bench", "prefill/decode speed against measured bandwidth and compute ceilings");
+  add_engine_options(sub, a->engine);
+  sub->add_option("--prompt", a->prompt, "prefill length in tokens")->default_val(512);
+  sub->add_option("--gen", a->gen, "decode steps per batch size")->default_val(128);
+  sub->add_option("--batch", a->batches, "comma-separated decode batch sizes")->default_str("1,8,32");
+  sub->add_flag("--json", a->json, "print one JSON object");
+  return {sub, [a] { return run(*a); }};
+}
+
+}  // namespace mx::cli
