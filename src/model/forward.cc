@@ -7,6 +7,7 @@
 #include "formats/error.h"
 #include "kernels/half.h"
 #include "kernels/matmul.h"
+#include "kernels/ops.h"
 #include "kernels/quant_blocks.h"
 #include "kernels/thread_pool.h"
 #include "model/attention.h"
@@ -28,12 +29,7 @@ std::unique_ptr<Model> make_model(std::shared_ptr<LoadedModel> loaded, const Loa
 
 namespace {
 
-void rmsnorm(const float* x, const float* w, int n, float eps, float* out) {
-  double ss = 0;
-  for (int i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
-  const float inv = static_cast<float>(1.0 / std::sqrt(ss / n + eps));
-  for (int i = 0; i < n; ++i) out[i] = x[i] * inv * w[i];
-}
+void rmsnorm(const float* x, const float* w, int n, float eps, float* out) { ops::rmsnorm(x, w, n, eps, out); }
 
 }  // namespace
 
@@ -86,7 +82,7 @@ std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& b
                &k[static_cast<size_t>(t) * kvdim], &v[static_cast<size_t>(t) * kvdim]);
     attention(kv, l, tp, c, q.data(), att.data(), pool);
     matmul(lw.wo, att.data(), T, tmp.data(), pool);
-    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+    ops::add(x.data(), tmp.data(), static_cast<int64_t>(x.size()), x.data());
 
     for (int t = 0; t < T; ++t)
       rmsnorm(&x[static_cast<size_t>(t) * dim], lw.ffn_norm.data(), dim, c.norm_eps,
@@ -95,7 +91,7 @@ std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& b
     std::vector<float> y(static_cast<size_t>(T) * c.top_k * dim);
     m.experts(l, h.data(), dim, r, y.data());
     combine_experts(r, y.data(), dim, tmp.data());
-    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+    ops::add(x.data(), tmp.data(), static_cast<int64_t>(x.size()), x.data());
   }
   // Positions are committed only after the whole step succeeded.
   for (const SeqChunk& s : batch) kv.set_length(s.slot, kv.length(s.slot) + static_cast<int>(s.tokens.size()));

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "kernels/matmul.h"
+#include "kernels/ops.h"
 #include "kernels/thread_pool.h"
 
 namespace mx {
@@ -66,10 +67,7 @@ void run_local_experts(const LayerWeights& lw, const float* x, int dim, const Mo
     h3.resize(h1.size());
     matmul(ew.w1, xs.data(), n, h1.data(), pool);
     matmul(ew.w3, xs.data(), n, h3.data(), pool);
-    for (size_t i = 0; i < h1.size(); ++i) {
-      const float a = h1[i];
-      h1[i] = a / (1.f + std::exp(-a)) * h3[i];
-    }
+    ops::silu_mul(h1.data(), h3.data(), static_cast<int64_t>(h1.size()), h1.data());
     out.resize(static_cast<size_t>(n) * dim);
     matmul(ew.w2, h1.data(), n, out.data(), pool);
     for (int i = 0; i < n; ++i)
@@ -84,9 +82,7 @@ void combine_experts(const MoeRouting& r, const float* y, int dim, float* out) {
     std::fill(o, o + dim, 0.f);
     for (int j = 0; j < r.top_k; ++j) {
       const size_t i = static_cast<size_t>(t) * r.top_k + j;
-      const float w = r.weight[i];
-      const float* yi = y + i * dim;
-      for (int d = 0; d < dim; ++d) o[d] += w * yi[d];
+      ops::axpy(r.weight[i], y + i * dim, dim, o);
     }
   }
 }
