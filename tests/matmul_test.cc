@@ -281,6 +281,34 @@ TEST_P(MatmulTypes, DeterministicAcrossBatchingAndThreads) {
   }
 }
 
+// Wide rows: activations no longer fit L1, so the GEMV switches to multi-row tiles; the results
+// must still match the batched GEMM bit for bit (and the scalar path within tolerance).
+TEST(Matmul, DeterministicLongRows) {
+  PathGuard guard;
+  std::mt19937 rng(11);
+  ThreadPool p1(1), p2(2);
+  for (DType t : {DType::F32, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_K}) {
+    const int64_t cols = t == DType::F32 || t == DType::BF16 ? 9000 : 30720, rows = 11, n = 5;
+    auto w = random_weights(t, rows, cols, rng);
+    auto x = random_acts(n, cols, rng);
+    const MatView v = view(t, w, rows, cols);
+    std::vector<SimdPath> paths = simd_paths();
+    const auto ys = run(SimdPath::Scalar, v, x, n, p2);
+    const Ref ref = reference(v, x, n);
+    for (SimdPath p : paths) {
+      const auto batch = run(p, v, x, n, p2);
+      for (size_t i = 0; i < ys.size(); ++i)
+        ASSERT_NEAR(batch[i], ys[i], 2e-6 * ref.mag[i] + 1e-30) << simd_path_name(p);
+      for (int64_t tk = 0; tk < n; ++tk) {
+        std::vector<float> xt(x.begin() + tk * cols, x.begin() + (tk + 1) * cols);
+        const auto one = run(p, v, xt, 1, p1);
+        ASSERT_EQ(0, std::memcmp(one.data(), batch.data() + tk * rows, rows * sizeof(float)))
+            << simd_path_name(p) << " " << dtype_info(t).name << " token " << tk;
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTypes, MatmulTypes, ::testing::ValuesIn(kAllTypes),
                          [](const ::testing::TestParamInfo<DType>& i) {
                            return std::string(dtype_info(i.param).name);

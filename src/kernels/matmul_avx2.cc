@@ -44,35 +44,35 @@ struct Plain {
                    int64_t ldy) {
     const int64_t n8 = w.cols / 8, rem = w.cols % 8;
     const uint8_t* wr[NR];
-    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    MX_UNROLL for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
     const float* x[NT];
-    for (int j = 0; j < NT; ++j) x[j] = p.xf + (t + j) * p.xf_stride;
+    MX_UNROLL for (int j = 0; j < NT; ++j) x[j] = p.xf + (t + j) * p.xf_stride;
     __m256 acc[NR][NT];
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
     for (int64_t c = 0; c < n8; ++c) {
       __m256 wv[NR];
-      for (int i = 0; i < NR; ++i) wv[i] = load8(wr[i] + c * 8 * kEsz);
-      for (int j = 0; j < NT; ++j) {
+      MX_UNROLL for (int i = 0; i < NR; ++i) wv[i] = load8(wr[i] + c * 8 * kEsz);
+      MX_UNROLL for (int j = 0; j < NT; ++j) {
         const __m256 xv = _mm256_loadu_ps(x[j] + c * 8);
-        for (int i = 0; i < NR; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        MX_UNROLL for (int i = 0; i < NR; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
       }
     }
     if (rem) {  // ragged tail: zero-padded copy of the weights (activations are padded already)
       alignas(32) uint8_t buf[NR][32];
       __m256 wv[NR];
-      for (int i = 0; i < NR; ++i) {
+      MX_UNROLL for (int i = 0; i < NR; ++i) {
         std::memset(buf[i], 0, 32);
         std::memcpy(buf[i], wr[i] + n8 * 8 * kEsz, static_cast<size_t>(rem * kEsz));
         wv[i] = load8(buf[i]);
       }
-      for (int j = 0; j < NT; ++j) {
+      MX_UNROLL for (int j = 0; j < NT; ++j) {
         const __m256 xv = _mm256_loadu_ps(x[j] + n8 * 8);
-        for (int i = 0; i < NR; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        MX_UNROLL for (int i = 0; i < NR; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
       }
     }
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = hsum8(acc[i][j]);
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = hsum8(acc[i][j]);
   }
 };
 
@@ -122,23 +122,23 @@ struct Legacy {
                    int64_t ldy) {
     const int64_t nb = w.cols / 32;
     const uint8_t* wr[NR];
-    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    MX_UNROLL for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
     const int8_t* xq[NT];
     const float* xd[NT];
     const float* xs[NT];
-    for (int j = 0; j < NT; ++j) {
+    MX_UNROLL for (int j = 0; j < NT; ++j) {
       xq[j] = p.q + (t + j) * p.q_stride;
       xd[j] = p.d + (t + j) * p.d_stride;
       xs[j] = kMin ? p.sd + (t + j) * p.d_stride : nullptr;
     }
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[NR][NT];
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       __m256i wv[NR], wa[NR];
       __m256 dw[NR], mw[NR];
-      for (int i = 0; i < NR; ++i) {
+      MX_UNROLL for (int i = 0; i < NR; ++i) {
         const uint8_t* blk = wr[i] + b * kBB;
         wv[i] = unpack(blk);
         dw[i] = _mm256_set1_ps(h2f(blk));
@@ -148,10 +148,10 @@ struct Legacy {
           wa[i] = _mm256_abs_epi8(wv[i]);
         }
       }
-      for (int j = 0; j < NT; ++j) {
+      MX_UNROLL for (int j = 0; j < NT; ++j) {
         const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[j] + b * 32));
         const __m256 dx = _mm256_broadcast_ss(xd[j] + b);
-        for (int i = 0; i < NR; ++i) {
+        MX_UNROLL for (int i = 0; i < NR; ++i) {
           __m256i p16;
           if constexpr (kMin) {
             p16 = _mm256_maddubs_epi16(wv[i], xv);
@@ -164,8 +164,8 @@ struct Legacy {
         }
       }
     }
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = hsum8(acc[i][j]);
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = hsum8(acc[i][j]);
   }
 };
 
@@ -180,12 +180,12 @@ struct KQuant {
                    int64_t ldy) {
     const int64_t nb = w.cols / 256;
     const uint8_t* wr[NR];
-    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    MX_UNROLL for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
     const int8_t* xq[NT];
     const float* xd[NT];
     const int16_t* bs16[NT];
     const int16_t* bs32[NT];
-    for (int j = 0; j < NT; ++j) {
+    MX_UNROLL for (int j = 0; j < NT; ++j) {
       xq[j] = p.q + (t + j) * p.q_stride;
       xd[j] = p.d + (t + j) * p.d_stride;
       bs16[j] = p.bsum16 + (t + j) * p.bsum16_stride;
@@ -193,28 +193,28 @@ struct KQuant {
     }
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[NR][NT];
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       __m256i isum[NR][NT];
       float d[NR];
       if constexpr (DT == DType::Q6_K) {
         __m256i sc16[NR];
-        for (int i = 0; i < NR; ++i) {
+        MX_UNROLL for (int i = 0; i < NR; ++i) {
           const uint8_t* blk = wr[i] + b * kBB;
           d[i] = h2f(blk + 208);
           sc16[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
           // Offset -32 of every weight: isum starts at -32 * sum_g sc_g * bsum_g.
-          for (int j = 0; j < NT; ++j) {
+          MX_UNROLL for (int j = 0; j < NT; ++j) {
             const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bs16[j] + b * 16));
             isum[i][j] = _mm256_sub_epi32(_mm256_setzero_si256(),
                                           _mm256_slli_epi32(_mm256_madd_epi16(sc16[i], bs), 5));
           }
         }
-        for (int n = 0; n < 2; ++n) {
-          for (int k = 0; k < 4; ++k) {
+        MX_UNROLL for (int n = 0; n < 2; ++n) {
+          MX_UNROLL for (int k = 0; k < 4; ++k) {
             __m256i qv[NR], sv[NR];
-            for (int i = 0; i < NR; ++i) {
+            MX_UNROLL for (int i = 0; i < NR; ++i) {
               const uint8_t* blk = wr[i] + b * kBB;
               const __m256i L = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * n + 32 * (k & 1)));
               const __m256i H = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * n));
@@ -230,34 +230,34 @@ struct KQuant {
               const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192) + 8 * n + 2 * k;
               sv[i] = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
             }
-            for (int j = 0; j < NT; ++j) {
+            MX_UNROLL for (int j = 0; j < NT; ++j) {
               const __m256i xv = _mm256_loadu_si256(
                   reinterpret_cast<const __m256i*>(xq[j] + b * 256 + 128 * n + 32 * k));
-              for (int i = 0; i < NR; ++i)
+              MX_UNROLL for (int i = 0; i < NR; ++i)
                 isum[i][j] = _mm256_add_epi32(
                     isum[i][j], _mm256_madd_epi16(_mm256_maddubs_epi16(qv[i], xv), sv[i]));
             }
           }
         }
-        for (int i = 0; i < NR; ++i)
-          for (int j = 0; j < NT; ++j)
+        MX_UNROLL for (int i = 0; i < NR; ++i)
+          MX_UNROLL for (int j = 0; j < NT; ++j)
             acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i][j]),
                                         _mm256_set1_ps(d[i] * xd[j][b]), acc[i][j]);
       } else {
         float dmin[NR];
         int16_t sc[NR][8], mn[NR][8];
         __m128i mv[NR];
-        for (int i = 0; i < NR; ++i) {
+        MX_UNROLL for (int i = 0; i < NR; ++i) {
           const uint8_t* blk = wr[i] + b * kBB;
           d[i] = h2f(blk);
           dmin[i] = h2f(blk + 2);
           k4_scales(blk + 4, sc[i], mn[i]);
           mv[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(mn[i]));
-          for (int j = 0; j < NT; ++j) isum[i][j] = _mm256_setzero_si256();
+          MX_UNROLL for (int j = 0; j < NT; ++j) isum[i][j] = _mm256_setzero_si256();
         }
-        for (int c = 0; c < 4; ++c) {
+        MX_UNROLL for (int c = 0; c < 4; ++c) {
           __m256i lo[NR], hi[NR], slo[NR], shi[NR];
-          for (int i = 0; i < NR; ++i) {
+          MX_UNROLL for (int i = 0; i < NR; ++i) {
             const uint8_t* blk = wr[i] + b * kBB;
             const uint8_t* qs = blk + (DT == DType::Q5_K ? 48 : 16) + 32 * c;
             const __m256i Q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs));
@@ -274,20 +274,20 @@ struct KQuant {
             slo[i] = _mm256_set1_epi16(sc[i][2 * c]);
             shi[i] = _mm256_set1_epi16(sc[i][2 * c + 1]);
           }
-          for (int j = 0; j < NT; ++j) {
+          MX_UNROLL for (int j = 0; j < NT; ++j) {
             const int8_t* xb = xq[j] + b * 256 + 64 * c;
             const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb));
             const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 32));
-            for (int i = 0; i < NR; ++i) {
+            MX_UNROLL for (int i = 0; i < NR; ++i) {
               const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[i], x0), slo[i]);
               const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[i], x1), shi[i]);
               isum[i][j] = _mm256_add_epi32(isum[i][j], _mm256_add_epi32(p0, p1));
             }
           }
         }
-        for (int j = 0; j < NT; ++j) {
+        MX_UNROLL for (int j = 0; j < NT; ++j) {
           const __m128i bs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bs32[j] + b * 8));
-          for (int i = 0; i < NR; ++i) {
+          MX_UNROLL for (int i = 0; i < NR; ++i) {
             const __m256 mins = _mm256_cvtepi32_ps(_mm256_zextsi128_si256(_mm_madd_epi16(mv[i], bs)));
             acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i][j]),
                                         _mm256_set1_ps(d[i] * xd[j][b]), acc[i][j]);
@@ -296,8 +296,8 @@ struct KQuant {
         }
       }
     }
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = hsum8(acc[i][j]);
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = hsum8(acc[i][j]);
   }
 };
 

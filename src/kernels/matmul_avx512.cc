@@ -28,30 +28,32 @@ struct Plain {
   static constexpr int kEsz = DT == DType::F32 ? 4 : 2;
 
   // One step of kStep values; the ragged last step loads with a mask (zeros past the row),
-  // which feeds the FMAs the same values a zero-padded full step would.
+  // which feeds the FMAs the same values a zero-padded full step would. Two accumulators per
+  // (row, token) halve the FMA dependency chain: bf16 sends even / odd elements to a0 / a1,
+  // f32 / f16 alternate whole steps (step c -> a[c & 1]).
   template <int NR, int NT, bool kTail>
   static inline void step(const uint8_t* const* wr, int64_t c, int rem, const float* const* x,
-                          __m512 (&acc)[NR][NT]) {
+                          __m512 (&a0)[NR][NT], __m512 (&a1)[NR][NT]) {
     if constexpr (DT == DType::BF16) {
       __m512 ev[NR], od[NR];
-      for (int i = 0; i < NR; ++i) {
+      MX_UNROLL for (int i = 0; i < NR; ++i) {
         const uint8_t* src = wr[i] + c * kStep * kEsz;
         const __m512i v = kTail ? _mm512_maskz_loadu_epi16(static_cast<__mmask32>((1ull << rem) - 1), src)
                                 : _mm512_loadu_si512(src);
         ev[i] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
         od[i] = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
       }
-      for (int j = 0; j < NT; ++j) {
+      MX_UNROLL for (int j = 0; j < NT; ++j) {
         const __m512 xe = _mm512_load_ps(x[j] + c * 32);
         const __m512 xo = _mm512_load_ps(x[j] + c * 32 + 16);
-        for (int i = 0; i < NR; ++i) {
-          acc[i][j] = _mm512_fmadd_ps(ev[i], xe, acc[i][j]);
-          acc[i][j] = _mm512_fmadd_ps(od[i], xo, acc[i][j]);
+        MX_UNROLL for (int i = 0; i < NR; ++i) {
+          a0[i][j] = _mm512_fmadd_ps(ev[i], xe, a0[i][j]);
+          a1[i][j] = _mm512_fmadd_ps(od[i], xo, a1[i][j]);
         }
       }
     } else {
       __m512 wv[NR];
-      for (int i = 0; i < NR; ++i) {
+      MX_UNROLL for (int i = 0; i < NR; ++i) {
         const uint8_t* src = wr[i] + c * kStep * kEsz;
         if constexpr (DT == DType::F32) {
           wv[i] = kTail ? _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << rem) - 1), src)
@@ -61,9 +63,12 @@ struct Plain {
                                         : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
         }
       }
-      for (int j = 0; j < NT; ++j) {
+      MX_UNROLL for (int j = 0; j < NT; ++j) {
         const __m512 xv = _mm512_load_ps(x[j] + c * 16);
-        for (int i = 0; i < NR; ++i) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+        MX_UNROLL for (int i = 0; i < NR; ++i) {
+          if (c & 1) a1[i][j] = _mm512_fmadd_ps(wv[i], xv, a1[i][j]);
+          else a0[i][j] = _mm512_fmadd_ps(wv[i], xv, a0[i][j]);
+        }
       }
     }
   }
@@ -74,16 +79,22 @@ struct Plain {
     const int64_t ns = w.cols / kStep;
     const int rem = static_cast<int>(w.cols % kStep);
     const uint8_t* wr[NR];
-    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    MX_UNROLL for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
     const float* x[NT];
-    for (int j = 0; j < NT; ++j) x[j] = p.xf + (t + j) * p.xf_stride;
-    __m512 acc[NR][NT];
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < ns; ++c) step<NR, NT, false>(wr, c, rem, x, acc);
-    if (rem) step<NR, NT, true>(wr, ns, rem, x, acc);
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+    MX_UNROLL for (int j = 0; j < NT; ++j) x[j] = p.xf + (t + j) * p.xf_stride;
+    __m512 a0[NR][NT], a1[NR][NT];
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) a0[i][j] = a1[i][j] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 1 < ns; c += 2) {  // pairs of steps keep (c & 1) a compile-time pattern
+      step<NR, NT, false>(wr, c, rem, x, a0, a1);
+      step<NR, NT, false>(wr, c + 1, rem, x, a0, a1);
+    }
+    if (c < ns) step<NR, NT, false>(wr, c++, rem, x, a0, a1);
+    if (rem) step<NR, NT, true>(wr, c, rem, x, a0, a1);
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j)
+        y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(_mm512_add_ps(a0[i][j], a1[i][j]));
   }
 };
 
@@ -91,7 +102,7 @@ struct Plain {
 // the lanes the shift / mask widening produces.
 void fill_plain_bf16(const float* x, int64_t cols, float* dst, int64_t stride) {
   for (int64_t c = 0; c < stride; c += 32) {
-    for (int i = 0; i < 16; ++i) {
+    MX_UNROLL for (int i = 0; i < 16; ++i) {
       const int64_t e = c + 2 * i, o = e + 1;
       dst[c + i] = e < cols ? x[e] : 0.f;
       dst[c + 16 + i] = o < cols ? x[o] : 0.f;
@@ -111,6 +122,17 @@ inline __m512 pair_scale(uint32_t h0, uint32_t h1) {
   const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(h0 | (h1 << 16))));
   const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
+}
+
+// Activation scales of a block pair, stored as 2 floats: [d0 x 8, d1 x 8].
+inline __m512 expand_pair(const float* d) {
+  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(d)))));
+}
+// [s0, 0 x 7, s1, 0 x 7]: added once per block by a lane-wise multiply-add.
+inline __m512 expand_pair_first(const float* s) {
+  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  return _mm512_maskz_permutexvar_ps(0x0101, idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)))));
 }
 
 // 16 packed bytes of each block -> 32 nibble values per block (low nibbles first).
@@ -151,30 +173,46 @@ struct Legacy {
     }
   }
 
-  template <int NR, int NT, bool kFull>
-  static inline void step(const uint8_t* const* wr, int64_t pp, const int8_t* const* xq,
-                          const float* const* xd, const float* const* xs,
-                          __m512 (&acc)[NR][NT]) {
-    __m512i wv[NR], neg[NR];
-    __m512 dw[NR], mw[NR];
-    for (int i = 0; i < NR; ++i) {
-      const uint8_t* b0 = wr[i] + 2 * pp * kBB;
-      const uint8_t* b1 = kFull ? b0 + kBB : b0;
-      wv[i] = unpack(b0, b1);
-      if (!kFull) wv[i] = _mm512_maskz_mov_epi8(0xFFFFFFFFull, wv[i]);  // lone last block
-      neg[i] = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), wv[i]));
-      dw[i] = pair_scale(ld16(b0), kFull ? ld16(b1) : 0);
-      if constexpr (kMin) mw[i] = pair_scale(ld16(b0 + 2), kFull ? ld16(b1 + 2) : 0);
+  // One group of kPairs (1 or 2) block pairs starting at pair pp; the last pair holds a lone
+  // block unless kLastFull. Per (row, token): t = sum over the group's pairs of
+  // cvt(isum) * (dw * dx) (+ m * d*sum(q)), then acc += t, so the loop-carried dependency is
+  // one add per group rather than one FMA per pair.
+  template <int NR, int NT, int kPairs, bool kLastFull>
+  static inline void group(const uint8_t* const* wr, int64_t pp, const int8_t* const* xq,
+                           const float* const* xd, const float* const* xs,
+                           __m512 (&acc)[NR][NT]) {
+    __m512i wv[NR][kPairs], neg[NR][kPairs];
+    __m512 dw[NR][kPairs], mw[NR][kPairs];
+    MX_UNROLL for (int i = 0; i < NR; ++i) {
+      MX_UNROLL for (int q = 0; q < kPairs; ++q) {
+        const bool full = q + 1 < kPairs || kLastFull;
+        const uint8_t* b0 = wr[i] + 2 * (pp + q) * kBB;
+        const uint8_t* b1 = full ? b0 + kBB : b0;
+        wv[i][q] = unpack(b0, b1);
+        if (!full) wv[i][q] = _mm512_maskz_mov_epi8(0xFFFFFFFFull, wv[i][q]);  // lone last block
+        neg[i][q] = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), wv[i][q]));
+        dw[i][q] = pair_scale(ld16(b0), full ? ld16(b1) : 0);
+        if constexpr (kMin) mw[i][q] = pair_scale(ld16(b0 + 2), full ? ld16(b1 + 2) : 0);
+      }
     }
-    for (int j = 0; j < NT; ++j) {
-      const __m512i xu = _mm512_load_si512(xq[j] + 64 * pp);
-      const __m512 dx = _mm512_load_ps(xd[j] + 16 * pp);
-      for (int i = 0; i < NR; ++i) {
-        const __m512i s = _mm512_dpbusd_epi32(neg[i], xu, wv[i]);
-        acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[i], dx), acc[i][j]);
-        if constexpr (kMin)
-          acc[i][j] = _mm512_fmadd_ps(mw[i], _mm512_load_ps(xs[j] + 16 * pp), acc[i][j]);
+    MX_UNROLL for (int j = 0; j < NT; ++j) {
+      __m512i xu[kPairs];
+      __m512 dx[kPairs];
+      MX_UNROLL for (int q = 0; q < kPairs; ++q) {
+        xu[q] = _mm512_load_si512(xq[j] + 64 * (pp + q));
+        dx[q] = expand_pair(xd[j] + 2 * (pp + q));
+      }
+      MX_UNROLL for (int i = 0; i < NR; ++i) {
+        __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg[i][0], xu[0], wv[i][0])),
+                                 _mm512_mul_ps(dw[i][0], dx[0]));
+        if constexpr (kMin) t = _mm512_fmadd_ps(mw[i][0], expand_pair_first(xs[j] + 2 * pp), t);
+        if constexpr (kPairs == 2) {
+          t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg[i][1], xu[1], wv[i][1])),
+                              _mm512_mul_ps(dw[i][1], dx[1]), t);
+          if constexpr (kMin) t = _mm512_fmadd_ps(mw[i][1], expand_pair_first(xs[j] + 2 * (pp + 1)), t);
+        }
+        acc[i][j] = _mm512_add_ps(acc[i][j], t);
       }
     }
   }
@@ -184,23 +222,28 @@ struct Legacy {
                    int64_t ldy) {
     const int64_t nb = w.cols / 32;
     const uint8_t* wr[NR];
-    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    MX_UNROLL for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
     const int8_t* xq[NT];
     const float* xd[NT];
     const float* xs[NT];
-    for (int j = 0; j < NT; ++j) {
+    MX_UNROLL for (int j = 0; j < NT; ++j) {
       xq[j] = p.q + (t + j) * p.q_stride;
       xd[j] = p.d + (t + j) * p.d_stride;
       xs[j] = kMin ? p.sd + (t + j) * p.d_stride : nullptr;
     }
     __m512 acc[NR][NT];
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
-    const int64_t np = nb / 2;
-    for (int64_t pp = 0; pp < np; ++pp) step<NR, NT, true>(wr, pp, xq, xd, xs, acc);
-    if (nb & 1) step<NR, NT, false>(wr, np, xq, xd, xs, acc);
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+    const int64_t ng = nb / 4;  // groups of 4 blocks
+    for (int64_t g = 0; g < ng; ++g) group<NR, NT, 2, true>(wr, 2 * g, xq, xd, xs, acc);
+    switch (nb % 4) {
+      case 1: group<NR, NT, 1, false>(wr, 2 * ng, xq, xd, xs, acc); break;
+      case 2: group<NR, NT, 1, true>(wr, 2 * ng, xq, xd, xs, acc); break;
+      case 3: group<NR, NT, 2, false>(wr, 2 * ng, xq, xd, xs, acc); break;
+      default: break;
+    }
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
   }
 };
 
@@ -214,8 +257,8 @@ struct Perm45 {
   uint16_t v[256] = {};
   constexpr Perm45() {
     const int order[8] = {0, 2, 1, 3, 4, 6, 5, 7};
-    for (int s = 0; s < 8; ++s)
-      for (int l = 0; l < 32; ++l) v[32 * s + l] = static_cast<uint16_t>(32 * order[s] + l);
+    MX_UNROLL for (int s = 0; s < 8; ++s)
+      MX_UNROLL for (int l = 0; l < 32; ++l) v[32 * s + l] = static_cast<uint16_t>(32 * order[s] + l);
   }
 };
 constexpr Perm45 kPerm45;
@@ -245,11 +288,11 @@ struct K45 {
                    int64_t ldy) {
     const int64_t nb = w.cols / 256;
     const uint8_t* wr[NR];
-    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    MX_UNROLL for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
     const int8_t* xq[NT];
     const float* xd[NT];
     const int16_t* bs32[NT];
-    for (int j = 0; j < NT; ++j) {
+    MX_UNROLL for (int j = 0; j < NT; ++j) {
       xq[j] = p.q + (t + j) * p.q_stride;
       xd[j] = p.d + (t + j) * p.d_stride;
       bs32[j] = p.bsum32 + (t + j) * p.bsum32_stride;
@@ -257,20 +300,20 @@ struct K45 {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i sidx[4] = {idx16(0, 2), idx16(1, 3), idx16(4, 6), idx16(5, 7)};
     __m512 acc[NR][NT];
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       __m512i v[NR][4], S[NR][4];
       __m128i mv[NR];
       float d[NR], dmin[NR];
-      for (int i = 0; i < NR; ++i) {
+      MX_UNROLL for (int i = 0; i < NR; ++i) {
         const uint8_t* blk = wr[i] + b * kBB;
         d[i] = h2f(blk);
         dmin[i] = h2f(blk + 2);
         __m128i sc;
         k4_scales_vec(blk + 4, &sc, &mv[i]);
         const __m512i scz = _mm512_castsi128_si512(sc);
-        for (int k = 0; k < 4; ++k) S[i][k] = _mm512_permutexvar_epi16(sidx[k], scz);
+        MX_UNROLL for (int k = 0; k < 4; ++k) S[i][k] = _mm512_permutexvar_epi16(sidx[k], scz);
         const uint8_t* qs = blk + (DT == DType::Q5_K ? 48 : 16);
         const __m512i Q0 = _mm512_loadu_si512(qs), Q1 = _mm512_loadu_si512(qs + 64);
         v[i][0] = _mm512_and_si512(Q0, m4);
@@ -280,7 +323,7 @@ struct K45 {
         if constexpr (DT == DType::Q5_K) {
           const __m512i H = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)));
           const __m512i s16 = _mm512_set1_epi8(16);
-          for (int k = 0; k < 4; ++k) {
+          MX_UNROLL for (int k = 0; k < 4; ++k) {
             // Sub-block s takes bit s of qh; vector k holds sub-blocks (lo, lo + 2).
             const int lo = (k & 1) + 4 * (k >> 1);
             const __m512i sel = _mm512_inserti64x4(
@@ -290,15 +333,15 @@ struct K45 {
           }
         }
       }
-      for (int j = 0; j < NT; ++j) {
+      MX_UNROLL for (int j = 0; j < NT; ++j) {
         const int8_t* xb = xq[j] + b * 256;
         __m512i X[4];
-        for (int k = 0; k < 4; ++k) X[k] = _mm512_load_si512(xb + 64 * k);
+        MX_UNROLL for (int k = 0; k < 4; ++k) X[k] = _mm512_load_si512(xb + 64 * k);
         const __m128i bs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bs32[j] + b * 8));
         const float dx = xd[j][b];
-        for (int i = 0; i < NR; ++i) {
+        MX_UNROLL for (int i = 0; i < NR; ++i) {
           __m512i is = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(v[i][0], X[0]), S[i][0]);
-          for (int k = 1; k < 4; ++k)
+          MX_UNROLL for (int k = 1; k < 4; ++k)
             is = _mm512_dpwssd_epi32(is, _mm512_maddubs_epi16(v[i][k], X[k]), S[i][k]);
           const __m512 mins = _mm512_zextps128_ps512(_mm_cvtepi32_ps(_mm_madd_epi16(mv[i], bs)));
           acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(d[i] * dx), acc[i][j]);
@@ -306,8 +349,8 @@ struct K45 {
         }
       }
     }
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
   }
 };
 
@@ -317,11 +360,11 @@ struct K6 {
                    int64_t ldy) {
     const int64_t nb = w.cols / 256;
     const uint8_t* wr[NR];
-    for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    MX_UNROLL for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
     const int8_t* xq[NT];
     const float* xd[NT];
     const int16_t* bs16[NT];
-    for (int j = 0; j < NT; ++j) {
+    MX_UNROLL for (int j = 0; j < NT; ++j) {
       xq[j] = p.q + (t + j) * p.q_stride;
       xd[j] = p.d + (t + j) * p.d_stride;
       bs16[j] = p.bsum16 + (t + j) * p.bsum16_stride;
@@ -332,25 +375,25 @@ struct K6 {
     const __m512i sh_lo = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
     const __m512i sh_hi = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
     __m512i sidx[4];
-    for (int k = 0; k < 4; ++k) {  // int16 lane l of vector k covers values 64k + 2l, + 1
+    MX_UNROLL for (int k = 0; k < 4; ++k) {  // int16 lane l of vector k covers values 64k + 2l, + 1
       alignas(64) int16_t ix[32];
-      for (int l = 0; l < 32; ++l) ix[l] = static_cast<int16_t>(4 * k + l / 8);
+      MX_UNROLL for (int l = 0; l < 32; ++l) ix[l] = static_cast<int16_t>(4 * k + l / 8);
       sidx[k] = _mm512_load_si512(ix);
     }
     __m512 acc[NR][NT];
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       __m512i v[NR][4], S[NR][4];
       __m256i sc16[NR];
       float d[NR];
-      for (int i = 0; i < NR; ++i) {
+      MX_UNROLL for (int i = 0; i < NR; ++i) {
         const uint8_t* blk = wr[i] + b * 210;
         d[i] = h2f(blk + 208);
         sc16[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
         const __m512i scz = _mm512_castsi256_si512(sc16[i]);
-        for (int k = 0; k < 4; ++k) S[i][k] = _mm512_permutexvar_epi16(sidx[k], scz);
-        for (int n = 0; n < 2; ++n) {
+        MX_UNROLL for (int k = 0; k < 4; ++k) S[i][k] = _mm512_permutexvar_epi16(sidx[k], scz);
+        MX_UNROLL for (int n = 0; n < 2; ++n) {
           const __m512i L = _mm512_loadu_si512(blk + 64 * n);
           const __m512i H = _mm512_broadcast_i64x4(
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * n)));
@@ -360,24 +403,24 @@ struct K6 {
                                             _mm512_and_si512(_mm512_srlv_epi16(H, sh_hi), m30));
         }
       }
-      for (int j = 0; j < NT; ++j) {
+      MX_UNROLL for (int j = 0; j < NT; ++j) {
         const int8_t* xb = xq[j] + b * 256;
         __m512i X[4];
-        for (int k = 0; k < 4; ++k) X[k] = _mm512_load_si512(xb + 64 * k);
+        MX_UNROLL for (int k = 0; k < 4; ++k) X[k] = _mm512_load_si512(xb + 64 * k);
         const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bs16[j] + b * 16));
         const float dx = xd[j][b];
-        for (int i = 0; i < NR; ++i) {
+        MX_UNROLL for (int i = 0; i < NR; ++i) {
           // Weights are stored +32: start from -32 * sum_g sc_g * bsum_g.
           const __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(sc16[i], bs), 5);
           __m512i is = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), corr));
-          for (int k = 0; k < 4; ++k)
+          MX_UNROLL for (int k = 0; k < 4; ++k)
             is = _mm512_dpwssd_epi32(is, _mm512_maddubs_epi16(v[i][k], X[k]), S[i][k]);
           acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(d[i] * dx), acc[i][j]);
         }
       }
     }
-    for (int i = 0; i < NR; ++i)
-      for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
   }
 };
 
@@ -405,7 +448,6 @@ void prepare_avx512(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prep
     default:
       job->layout.block = 32;
       job->layout.offset128 = true;
-      job->layout.d_rep = 8;
       job->layout.want_sd = dt == DType::Q4_1 || dt == DType::Q5_1;
       break;
   }

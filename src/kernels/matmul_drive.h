@@ -13,6 +13,10 @@
 
 #include "kernels/matmul_internal.h"
 
+// GCC -O2 does not completely unroll short fixed-count loops; register tiles (arrays of
+// vectors indexed by such loops) would then live on the stack.
+#define MX_UNROLL _Pragma("GCC unroll 16")
+
 namespace mx::mmk {
 namespace {
 
@@ -36,9 +40,22 @@ inline void call_tile(int nr, int nt, const MatView& w, const Prepared& p, int64
 
 // Rows [r0, r1) for all tokens. Weight rows are taken in blocks that stay in L2 while every
 // token tile passes over them; a token tile's activations stay in L1/L2 across the block.
-template <class K, int MR, int MT>
+// A single token (decode GEMV) walks the rows one by one while its activations fit in L1:
+// consecutive rows are contiguous, so the weights stream as one sequential read, which the
+// hardware prefetcher follows better than several interleaved row streams. Larger activations
+// would be re-read from L2 for every row and stall the stream, so then MRV rows share each
+// activation load.
+template <class K, int MR, int MT, int MRV = 4>
 void drive(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y, int64_t ldy) {
   const int64_t T = p.n_tokens;
+  if (T == 1) {
+    const int64_t step = p.act_bytes > 28 * 1024 ? MRV : 1;
+    for (int64_t r = r0; r < r1; r += step) {
+      const int nr = static_cast<int>(r1 - r < step ? r1 - r : step);
+      call_tile<K, MRV, 1>(nr, 1, w, p, r, 0, y, ldy);
+    }
+    return;
+  }
   const int64_t stride = w.stride > 0 ? static_cast<int64_t>(w.stride) : 1;
   int64_t rb = (int64_t{256} * 1024 / stride) / MR * MR;
   if (rb < MR) rb = MR;
@@ -68,11 +85,11 @@ inline uint32_t ld32(const uint8_t* p) {
 
 // 6-bit scales and mins of the 8 sub-blocks of a Q4_K / Q5_K super-block (ggml's packing).
 inline void k4_scales(const uint8_t* q, int16_t* sc, int16_t* m) {
-  for (int j = 0; j < 4; ++j) {
+  MX_UNROLL for (int j = 0; j < 4; ++j) {
     sc[j] = static_cast<int16_t>(q[j] & 63);
     m[j] = static_cast<int16_t>(q[j + 4] & 63);
   }
-  for (int j = 4; j < 8; ++j) {
+  MX_UNROLL for (int j = 4; j < 8; ++j) {
     sc[j] = static_cast<int16_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
     m[j] = static_cast<int16_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
   }

@@ -28,6 +28,8 @@ class Arena {
 // Activations prepared for one call. Unused members stay null.
 struct Prepared {
   int64_t n_tokens = 0, cols = 0;
+  // Activation bytes a kernel reads per token (decides the GEMV row tile: see drive()).
+  int64_t act_bytes = 0;
   // Plain weights (f32/f16/bf16): f32 activations, padded with zeros to `xf_stride` floats
   // (and possibly permuted to match how the path widens bf16 pairs).
   const float* xf = nullptr;
@@ -36,12 +38,10 @@ struct Prepared {
   // multiplies unsigned activations with signed weights), padded to q_stride bytes.
   const int8_t* q = nullptr;
   int64_t q_stride = 0;
-  // Scale of each activation block (32 or 256 values), `d_rep` copies each (SIMD paths keep
-  // them pre-broadcast to the lanes a block occupies).
+  // Scale of each activation block (32 or 256 values).
   const float* d = nullptr;
   int64_t d_stride = 0;
-  // Legacy *_1 types: d * sum(q) of each 32-block, laid out like `d` but only the first of the
-  // d_rep copies is non-zero (so a lane-wise multiply-add adds it exactly once).
+  // Legacy *_1 types: d * sum(q) of each 32-block, laid out like `d`.
   const float* sd = nullptr;
   // k-quants: sum(q) of each 16 values (natural order) and of each 32 values.
   const int16_t* bsum16 = nullptr;
@@ -53,7 +53,6 @@ struct Prepared {
 struct QuantLayout {
   int block = 32;           // 32 (legacy types, Q8_0-like) or 256 (k-quants, Q8_K-like)
   bool offset128 = false;   // store q + 128 as uint8
-  int d_rep = 1;            // copies of each scale
   bool want_sd = false;     // legacy *_1 types need d*sum(q)
   bool want_bsums = false;  // k-quants
   // Optional permutation inside each 256-block: stored position i holds value perm256[i].

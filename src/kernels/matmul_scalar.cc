@@ -37,7 +37,7 @@ QuantBuffers quant_alloc(const QuantLayout& L, int64_t n_tokens, int64_t cols, A
   QuantBuffers b{};
   b.q_stride = round_up(cols, L.pad_bytes);
   const int64_t nb = b.q_stride / L.block;  // padded block count
-  b.d_stride = round_up(nb * L.d_rep, 16);
+  b.d_stride = round_up(nb, 16);
   b.bsum16_stride = L.want_bsums ? round_up(b.q_stride / 16, 32) : 0;
   b.bsum32_stride = L.want_bsums ? round_up(b.q_stride / 32, 32) : 0;
   const size_t q_bytes = align64(static_cast<size_t>(n_tokens * b.q_stride));
@@ -69,6 +69,8 @@ QuantBuffers quant_alloc(const QuantLayout& L, int64_t n_tokens, int64_t cols, A
   out->bsum32 = b.bsum32;
   out->bsum16_stride = b.bsum16_stride;
   out->bsum32_stride = b.bsum32_stride;
+  out->act_bytes = b.q_stride + b.d_stride * 4 * (L.want_sd ? 2 : 1) +
+                   (b.bsum16_stride + b.bsum32_stride) * 2;
   return b;
 }
 
@@ -80,6 +82,7 @@ float* plain_alloc(int64_t n_tokens, int64_t cols, int pad_floats, Arena& arena,
   out->cols = cols;
   out->xf = p;
   out->xf_stride = stride;
+  out->act_bytes = stride * 4;
   return p;
 }
 
@@ -118,11 +121,8 @@ void quantize_acts(const QuantLayout& L, const float* x, int64_t cols, int64_t t
         const int8_t v = L.perm256 ? tmp[L.perm256[i]] : tmp[i];
         qb[i] = static_cast<int8_t>(static_cast<uint8_t>(v) + off);
       }
-      for (int k = 0; k < L.d_rep; ++k) d[blk * L.d_rep + k] = dd;
-      if (sd) {
-        sd[blk * L.d_rep] = dd * static_cast<float>(sum);
-        for (int k = 1; k < L.d_rep; ++k) sd[blk * L.d_rep + k] = 0.f;
-      }
+      d[blk] = dd;
+      if (sd) sd[blk] = dd * static_cast<float>(sum);
       if (L.want_bsums) {
         int16_t* b16 = b.bsum16 + t * b.bsum16_stride + blk * (L.block / 16);
         int16_t* b32 = b.bsum32 + t * b.bsum32_stride + blk * (L.block / 32);
@@ -137,8 +137,8 @@ void quantize_acts(const QuantLayout& L, const float* x, int64_t cols, int64_t t
     }
     // Padding: zero values and scales, so padded lanes add exact zeros.
     std::memset(q + nb * L.block, off, static_cast<size_t>(b.q_stride - nb * L.block));
-    std::fill(d + nb * L.d_rep, d + b.d_stride, 0.f);
-    if (sd) std::fill(sd + nb * L.d_rep, sd + b.d_stride, 0.f);
+    std::fill(d + nb, d + b.d_stride, 0.f);
+    if (sd) std::fill(sd + nb, sd + b.d_stride, 0.f);
     if (L.want_bsums) {
       std::fill(b.bsum16 + t * b.bsum16_stride + nb * (L.block / 16),
                 b.bsum16 + (t + 1) * b.bsum16_stride, int16_t{0});

@@ -15,6 +15,12 @@
 
 #include "kernels/ops.h"
 
+#ifndef MX_UNROLL
+// GCC -O2 does not completely unroll short fixed-count loops; register tiles (arrays of
+// vectors indexed by such loops) would then live on the stack.
+#define MX_UNROLL _Pragma("GCC unroll 16")
+#endif
+
 namespace mx::ops {
 namespace {
 
@@ -29,7 +35,7 @@ void attention_head(const float* q, const KvRows& K, const KvRows& Vr, int n_kv,
   alignas(64) float part[G][W][W];
   alignas(64) float pw[G][W];
   float m[G], l[G], rs[G];
-  for (int j = 0; j < G; ++j) {
+  MX_UNROLL for (int j = 0; j < G; ++j) {
     m[j] = -INFINITY;
     l[j] = 0.f;
     for (int c = 0; c < nc; ++c) V::store(acc[j] + c * W, V::zero());
@@ -41,26 +47,26 @@ void attention_head(const float* q, const KvRows& K, const KvRows& Vr, int n_kv,
     for (int p = 0; p < np; ++p) {
       const uint8_t* kr = K.data + static_cast<size_t>(p0 + p) * K.row_stride + head_off;
       vec a0[G], a1[G];
-      for (int j = 0; j < G; ++j) a0[j] = a1[j] = V::zero();
+      MX_UNROLL for (int j = 0; j < G; ++j) a0[j] = a1[j] = V::zero();
       int c = 0;
       for (; c + 1 < nc; c += 2) {
         const vec k0 = V::template load_kv<DT>(kr + c * W * esz);
         const vec k1 = V::template load_kv<DT>(kr + (c + 1) * W * esz);
-        for (int j = 0; j < G; ++j) {
+        MX_UNROLL for (int j = 0; j < G; ++j) {
           a0[j] = V::fmadd(V::load(qh + j * hd + c * W), k0, a0[j]);
           a1[j] = V::fmadd(V::load(qh + j * hd + (c + 1) * W), k1, a1[j]);
         }
       }
       if (c < nc) {
         const vec k0 = V::template load_kv<DT>(kr + c * W * esz);
-        for (int j = 0; j < G; ++j) a0[j] = V::fmadd(V::load(qh + j * hd + c * W), k0, a0[j]);
+        MX_UNROLL for (int j = 0; j < G; ++j) a0[j] = V::fmadd(V::load(qh + j * hd + c * W), k0, a0[j]);
       }
-      for (int j = 0; j < G; ++j) V::store(part[j][p], V::add(a0[j], a1[j]));
+      MX_UNROLL for (int j = 0; j < G; ++j) V::store(part[j][p], V::add(a0[j], a1[j]));
     }
-    for (int j = 0; j < G; ++j) {
+    MX_UNROLL for (int j = 0; j < G; ++j) {
       for (int p = np; p < W; ++p) V::store(part[j][p], V::zero());
       vec pv[W];
-      for (int p = 0; p < W; ++p) pv[p] = V::load(part[j][p]);
+      MX_UNROLL for (int p = 0; p < W; ++p) pv[p] = V::load(part[j][p]);
       const vec s = V::mask_tail(V::mul(V::reduce_w(pv), V::set1(scale)), np);
       const float cm = V::reduce_max(s);
       const float mn = m[j] > cm ? m[j] : cm;
@@ -73,7 +79,7 @@ void attention_head(const float* q, const KvRows& K, const KvRows& Vr, int n_kv,
     int c = 0;
     for (; c + 1 < nc; c += 2) {
       vec a0[G], a1[G];
-      for (int j = 0; j < G; ++j) {
+      MX_UNROLL for (int j = 0; j < G; ++j) {
         const vec r = V::set1(rs[j]);
         a0[j] = V::mul(V::load(acc[j] + c * W), r);
         a1[j] = V::mul(V::load(acc[j] + (c + 1) * W), r);
@@ -82,29 +88,29 @@ void attention_head(const float* q, const KvRows& K, const KvRows& Vr, int n_kv,
         const uint8_t* vr = Vr.data + static_cast<size_t>(p0 + p) * Vr.row_stride + head_off;
         const vec v0 = V::template load_kv<DT>(vr + c * W * esz);
         const vec v1 = V::template load_kv<DT>(vr + (c + 1) * W * esz);
-        for (int j = 0; j < G; ++j) {
+        MX_UNROLL for (int j = 0; j < G; ++j) {
           const vec w = V::set1(pw[j][p]);
           a0[j] = V::fmadd(w, v0, a0[j]);
           a1[j] = V::fmadd(w, v1, a1[j]);
         }
       }
-      for (int j = 0; j < G; ++j) {
+      MX_UNROLL for (int j = 0; j < G; ++j) {
         V::store(acc[j] + c * W, a0[j]);
         V::store(acc[j] + (c + 1) * W, a1[j]);
       }
     }
     if (c < nc) {
       vec a0[G];
-      for (int j = 0; j < G; ++j) a0[j] = V::mul(V::load(acc[j] + c * W), V::set1(rs[j]));
+      MX_UNROLL for (int j = 0; j < G; ++j) a0[j] = V::mul(V::load(acc[j] + c * W), V::set1(rs[j]));
       for (int p = 0; p < np; ++p) {
         const uint8_t* vr = Vr.data + static_cast<size_t>(p0 + p) * Vr.row_stride + head_off;
         const vec v0 = V::template load_kv<DT>(vr + c * W * esz);
-        for (int j = 0; j < G; ++j) a0[j] = V::fmadd(V::set1(pw[j][p]), v0, a0[j]);
+        MX_UNROLL for (int j = 0; j < G; ++j) a0[j] = V::fmadd(V::set1(pw[j][p]), v0, a0[j]);
       }
-      for (int j = 0; j < G; ++j) V::store(acc[j] + c * W, a0[j]);
+      MX_UNROLL for (int j = 0; j < G; ++j) V::store(acc[j] + c * W, a0[j]);
     }
   }
-  for (int j = 0; j < G; ++j) {
+  MX_UNROLL for (int j = 0; j < G; ++j) {
     const vec inv = V::set1(1.f / l[j]);
     float* o = out + (static_cast<size_t>(g) * G + j) * hd;
     for (int c = 0; c < nc; ++c) V::store(o + c * W, V::mul(V::load(acc[j] + c * W), inv));

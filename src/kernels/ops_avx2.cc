@@ -80,10 +80,10 @@ struct V256 {
   }
   static vec reduce_w(const vec* v) {  // lane i = sum of v[i]
     __m256 t[4], u[2];
-    for (int k = 0; k < 4; ++k)
+    MX_UNROLL for (int k = 0; k < 4; ++k)
       t[k] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * k], v[2 * k + 1]),
                            _mm256_unpackhi_ps(v[2 * k], v[2 * k + 1]));
-    for (int k = 0; k < 2; ++k)
+    MX_UNROLL for (int k = 0; k < 2; ++k)
       u[k] = _mm256_add_ps(_mm256_shuffle_ps(t[2 * k], t[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
                            _mm256_shuffle_ps(t[2 * k], t[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
     return _mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20),
