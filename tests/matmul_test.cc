@@ -22,6 +22,7 @@
 
 #include "kernels/half.h"
 #include "kernels/matmul.h"
+#include "kernels/matmul_internal.h"
 #include "kernels/quant_blocks.h"
 #include "kernels/thread_pool.h"
 
@@ -342,6 +343,37 @@ TEST(Matmul, QuantizedCloseToF32) {
       }
       const double rel = std::sqrt(num / den);
       EXPECT_LT(rel, t == DType::Q8_0 ? 0.02 : 0.15) << dtype_info(t).name << " token " << tk;
+    }
+  }
+}
+
+// Every path must quantize activations to the same bits (the paths may then differ only in
+// float summation order).
+TEST(Matmul, ActivationQuantizersAgreeBitForBit) {
+  std::mt19937 rng(21);
+  std::normal_distribution<float> g(0.f, 1.f);
+  std::vector<mmk::QuantBlockFn> fns;
+  if (cpu_supports(SimdPath::Avx2)) fns.push_back(mmk::quant_block_avx2);
+  if (cpu_supports(SimdPath::Avx512)) fns.push_back(mmk::quant_block_avx512);
+  for (int n : {32, 256}) {
+    for (int trial = 0; trial < 400; ++trial) {
+      std::vector<float> x(static_cast<size_t>(n));
+      for (float& v : x) v = g(rng) * (trial % 3 == 0 ? 1e-3f : 10.f);
+      if (trial % 7 == 0) std::fill(x.begin(), x.end(), 0.f);
+      if (trial % 5 == 1) {  // exact ties: values at k + 0.5 steps of d = 1
+        x[0] = 127.f;
+        for (int i = 1; i < n; ++i) x[i] = static_cast<float>(i % 50) - 24.5f;
+      }
+      int8_t q0[256], q1[256];
+      float d0, d1;
+      int32_t s0[16], s1[16];
+      mmk::quant_block_scalar(x.data(), n, q0, &d0, s0);
+      for (auto fn : fns) {
+        fn(x.data(), n, q1, &d1, s1);
+        ASSERT_EQ(0, std::memcmp(q0, q1, static_cast<size_t>(n))) << "n=" << n << " trial " << trial;
+        ASSERT_EQ(0, std::memcmp(&d0, &d1, 4));
+        ASSERT_EQ(0, std::memcmp(s0, s1, static_cast<size_t>(n / 16) * 4));
+      }
     }
   }
 }

@@ -308,6 +308,43 @@ void fill_plain_avx2(const float* x, int64_t cols, float* dst, int64_t stride) {
 
 }  // namespace
 
+// Same arithmetic as quant_block_scalar (see quant_block_avx512).
+void quant_block_avx2(const float* x, int n, int8_t* q, float* d, int32_t* sum16) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  __m256 m = _mm256_setzero_ps();
+  for (int c = 0; c < n; c += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + c)));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float amax = _mm_cvtss_f32(m4);
+  const float dd = amax / 127.f;
+  const float id = dd != 0.f ? 1.f / dd : 0.f;
+  const __m256 vid = _mm256_set1_ps(id);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  for (int c = 0; c < n; c += 32) {
+    __m256i v[4];
+    MX_UNROLL for (int k = 0; k < 4; ++k) {
+      v[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + c + 8 * k), vid));
+      v[k] = _mm256_min_epi32(_mm256_max_epi32(v[k], lo), hi);
+    }
+    if (sum16) {
+      MX_UNROLL for (int k = 0; k < 2; ++k) {
+        const __m256i s = _mm256_add_epi32(v[2 * k], v[2 * k + 1]);
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+        sum16[c / 16 + k] = _mm_cvtsi128_si32(s4);
+      }
+    }
+    // Packing interleaves 128-bit lanes; the final permute restores value order.
+    const __m256i p16a = _mm256_packs_epi32(v[0], v[1]), p16b = _mm256_packs_epi32(v[2], v[3]);
+    const __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c),
+                        _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
+  *d = dd;
+}
+
 void prepare_avx2(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prepared* out,
                   PrepareJob* job) {
   *job = PrepareJob{};
@@ -327,6 +364,7 @@ void prepare_avx2(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prepar
       break;
   }
   job->quant = true;
+  job->qfn = quant_block_avx2;
   job->bufs = quant_alloc(job->layout, n_tokens, cols, arena, out);
 }
 

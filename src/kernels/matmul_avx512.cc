@@ -1,10 +1,7 @@
 // AVX-512 (F/BW/VL/DQ) matmul kernels; quantized types additionally need AVX512-VNNI and fall
 // back to the AVX2 kernels without it.
 //
-// Legacy 32-blocks: two blocks per zmm. Activations are stored as q + 128 (unsigned) so one
-// vpdpbusd multiplies them with the signed weights; the accumulator starts at -128 * sum(w)
-// (computed once per weight block and shared by all tokens), which makes each lane's integer
-// exact. k-quants: unsigned weights x signed Q8_K activations with vpmaddubsw, sub-block scales
+// Legacy 32-blocks: two blocks per zmm, integer block sums exact (see Q8 and Nibble). k-quants: unsigned weights x signed Q8_K activations with vpmaddubsw, sub-block scales
 // applied with vpdpwssd. bf16: widened exactly to f32 (shift / mask), then FMA.
 #include <immintrin.h>
 
@@ -135,42 +132,16 @@ inline __m512 expand_pair_first(const float* s) {
   return _mm512_maskz_permutexvar_ps(0x0101, idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)))));
 }
 
-// 16 packed bytes of each block -> 32 nibble values per block (low nibbles first).
-inline __m512i nibble_pair(const uint8_t* q0, const uint8_t* q1) {
-  const __m256i a = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q0)));
-  const __m256i c = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1)));
-  const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(a), c, 1);
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
-  // 128-bit lanes 1 and 3 take the high nibbles.
-  return _mm512_mask_blend_epi64(0xCC, _mm512_and_si512(v, m4),
-                                 _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
-}
+// Q8_0: signed weights; activations stored as q + 128 (unsigned) so one vpdpbusd multiplies
+// them; the accumulator starts at -128 * sum(w) (once per weight block, shared by all tokens).
+struct Q8 {
+  static constexpr bool kMin = false;
+  static constexpr int kBB = 34;
 
-template <DType DT>
-struct Legacy {
-  static constexpr bool kMin = DT == DType::Q4_1 || DT == DType::Q5_1;
-  static constexpr int kBB = DT == DType::Q8_0 ? 34 : DT == DType::Q4_0 ? 18 : DT == DType::Q4_1 ? 20
-                           : DT == DType::Q5_0 ? 22 : 24;
-
-  // Weights of blocks b0, b1 as int8 (signed for *_0, 0..31 for *_1).
   static inline __m512i unpack(const uint8_t* b0, const uint8_t* b1) {
-    if constexpr (DT == DType::Q8_0) {
-      return _mm512_inserti64x4(
-          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 2))),
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b1 + 2)), 1);
-    } else if constexpr (DT == DType::Q4_0) {
-      return _mm512_sub_epi8(nibble_pair(b0 + 2, b1 + 2), _mm512_set1_epi8(8));
-    } else if constexpr (DT == DType::Q4_1) {
-      return nibble_pair(b0 + 4, b1 + 4);
-    } else {
-      constexpr int hq = DT == DType::Q5_0 ? 2 : 4;
-      const __mmask64 hk = static_cast<uint64_t>(ld32(b0 + hq)) |
-                           (static_cast<uint64_t>(ld32(b1 + hq)) << 32);
-      const __m512i n = nibble_pair(b0 + hq + 4, b1 + hq + 4);
-      const __m512i v = _mm512_mask_add_epi8(n, hk, n, _mm512_set1_epi8(16));
-      if constexpr (DT == DType::Q5_0) return _mm512_sub_epi8(v, _mm512_set1_epi8(16));
-      else return v;
-    }
+    return _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 2))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b1 + 2)), 1);
   }
 
   // One group of kPairs (1 or 2) block pairs starting at pair pp; the last pair holds a lone
@@ -247,21 +218,121 @@ struct Legacy {
   }
 };
 
-// ---------------------------------------------------------------- k-quants (VNNI)
+// 4/5-bit legacy types: unsigned weights (0..15 / 0..31) times signed activations. The
+// *_0 offset (8 / 16) is subtracted exactly: the accumulator starts at -offset * sum(x) of the
+// block (Prepared::bias). A pair's 64 values are ordered [b0 0..15, b1 0..15, b0 16..31,
+// b1 16..31] on both sides (activations are stored permuted to match), which makes the
+// nibble unpack one shift + one insert; dpbusd lanes 0-3, 8-11 then belong to b0, 4-7, 12-15
+// to b1.
+template <DType DT>
+struct Nibble {
+  static constexpr bool kMin = DT == DType::Q4_1 || DT == DType::Q5_1;
+  static constexpr int kBB = DT == DType::Q4_0 ? 18 : DT == DType::Q4_1 ? 20 : DT == DType::Q5_0 ? 22 : 24;
+  static constexpr int kQh = DT == DType::Q5_0 ? 2 : DT == DType::Q5_1 ? 4 : -1;
+  static constexpr int kQs = DT == DType::Q4_0 ? 2 : DT == DType::Q4_1 ? 4 : DT == DType::Q5_0 ? 6 : 8;
 
-// Stored order of the 32-value sub-blocks of a Q8_K block for Q4_K / Q5_K weights: one 64-byte
-// load of the weights' packed nibbles holds sub-blocks (0, 2) in its low nibbles and (1, 3) in
-// its high nibbles, so activations are stored in that order.
-// constexpr: a run-time constructor in this file could execute AVX-512 code at start-up.
-struct Perm45 {
-  uint16_t v[256] = {};
-  constexpr Perm45() {
-    const int order[8] = {0, 2, 1, 3, 4, 6, 5, 7};
-    MX_UNROLL for (int s = 0; s < 8; ++s)
-      MX_UNROLL for (int l = 0; l < 32; ++l) v[32 * s + l] = static_cast<uint16_t>(32 * order[s] + l);
+  static inline __m512i lanes() { return _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1); }
+
+  static inline __m512i unpack(const uint8_t* b0, const uint8_t* b1) {
+    const __m256i v = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + kQs))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + kQs)), 1);
+    __m512i z = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1),
+                                 _mm512_set1_epi8(0x0F));
+    if constexpr (kQh >= 0) {  // bit j of qh is the 5th bit of value j
+      const uint64_t a = ld32(b0 + kQh), b = ld32(b1 + kQh);
+      const __mmask64 k = (a & 0xFFFFu) | ((b & 0xFFFFu) << 16) | ((a >> 16) << 32) | ((b >> 16) << 48);
+      z = _mm512_mask_add_epi8(z, k, z, _mm512_set1_epi8(16));
+    }
+    return z;
+  }
+  static inline __m128 scales2(uint32_t h0, uint32_t h1) {  // [f(h0), f(h1), 0, 0]
+    return _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(h0 | (h1 << 16))));
+  }
+  static inline __m128 load2(const float* p) {
+    return _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+  }
+
+  // See Q8::group; per pair: t (+)= cvt(isum) * expand(dw * dx) (+ expand(m * d*sum(x))).
+  template <int NR, int NT, int kPairs, bool kLastFull>
+  static inline void group(const uint8_t* const* wr, int64_t pp, const Prepared& p,
+                           const int8_t* const* xq, int64_t t, __m512 (&acc)[NR][NT]) {
+    __m512i wv[NR][kPairs];
+    __m128 dw[NR][kPairs], mw[NR][kPairs];
+    MX_UNROLL for (int i = 0; i < NR; ++i) {
+      MX_UNROLL for (int q = 0; q < kPairs; ++q) {
+        const bool full = q + 1 < kPairs || kLastFull;
+        const uint8_t* b0 = wr[i] + 2 * (pp + q) * kBB;
+        const uint8_t* b1 = full ? b0 + kBB : b0;
+        wv[i][q] = unpack(b0, b1);
+        if (!full) wv[i][q] = _mm512_maskz_mov_epi8(0x0000FFFF0000FFFFull, wv[i][q]);  // lone block
+        dw[i][q] = scales2(ld16(b0), full ? ld16(b1) : 0);
+        if constexpr (kMin) mw[i][q] = scales2(ld16(b0 + 2), full ? ld16(b1 + 2) : 0);
+      }
+    }
+    const __m512i P = lanes();
+    MX_UNROLL for (int j = 0; j < NT; ++j) {
+      __m512i xv[kPairs], corr[kPairs];
+      __m128 dx[kPairs], sd[kPairs];
+      MX_UNROLL for (int q = 0; q < kPairs; ++q) {
+        const int64_t o = (t + j) * p.d_stride + 2 * (pp + q);
+        xv[q] = _mm512_load_si512(xq[j] + 64 * (pp + q));
+        dx[q] = load2(p.d + o);
+        if constexpr (kMin) {
+          sd[q] = load2(p.sd + o);
+          corr[q] = _mm512_setzero_si512();
+        } else {
+          corr[q] = _mm512_maskz_permutexvar_epi32(
+              0x0011, P, _mm512_castsi128_si512(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p.bias + o))));
+        }
+      }
+      MX_UNROLL for (int i = 0; i < NR; ++i) {
+        __m512 tv = _mm512_setzero_ps();
+        MX_UNROLL for (int q = 0; q < kPairs; ++q) {
+          const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr[q], wv[i][q], xv[q]));
+          const __m512 sc = _mm512_permutexvar_ps(P, _mm512_castps128_ps512(_mm_mul_ps(dw[i][q], dx[q])));
+          tv = q == 0 ? _mm512_mul_ps(f, sc) : _mm512_fmadd_ps(f, sc, tv);
+          if constexpr (kMin)
+            tv = _mm512_add_ps(tv, _mm512_maskz_permutexvar_ps(
+                                       0x0011, P, _mm512_castps128_ps512(_mm_mul_ps(mw[i][q], sd[q]))));
+        }
+        acc[i][j] = _mm512_add_ps(acc[i][j], tv);
+      }
+    }
+  }
+
+  template <int NR, int NT>
+  static void tile(const MatView& w, const Prepared& p, int64_t r, int64_t t, float* y,
+                   int64_t ldy) {
+    const int64_t nb = w.cols / 32;
+    const uint8_t* wr[NR];
+    MX_UNROLL for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
+    const int8_t* xq[NT];
+    MX_UNROLL for (int j = 0; j < NT; ++j) xq[j] = p.q + (t + j) * p.q_stride;
+    __m512 acc[NR][NT];
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+    const int64_t ng = nb / 4;  // groups of 4 blocks
+    for (int64_t g = 0; g < ng; ++g) group<NR, NT, 2, true>(wr, 2 * g, p, xq, t, acc);
+    switch (nb % 4) {
+      case 1: group<NR, NT, 1, false>(wr, 2 * ng, p, xq, t, acc); break;
+      case 2: group<NR, NT, 1, true>(wr, 2 * ng, p, xq, t, acc); break;
+      case 3: group<NR, NT, 2, false>(wr, 2 * ng, p, xq, t, acc); break;
+      default: break;
+    }
+    MX_UNROLL for (int i = 0; i < NR; ++i)
+      MX_UNROLL for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
   }
 };
-constexpr Perm45 kPerm45;
+
+// ---------------------------------------------------------------- k-quants (VNNI)
+
+// Stored order of the 16-value chunks of a Q8_K block for Q4_K / Q5_K weights: one 64-byte
+// load of the weights' packed nibbles holds 32-value sub-blocks (0, 2) in its low nibbles and
+// (1, 3) in its high nibbles, so activations are stored in sub-block order 0 2 1 3 4 6 5 7.
+constexpr uint8_t kPermK45[16] = {0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15};
+// Pairs of legacy blocks for the nibble kernels: [b0 lo, b1 lo, b0 hi, b1 hi] (16 values each).
+constexpr uint8_t kPermNib[4] = {0, 2, 1, 3};
 
 // Scales and mins of a Q4_K / Q5_K super-block as 8 int16 each (ggml's 6-bit packing, decoded
 // four at a time in 32-bit words).
@@ -428,6 +499,25 @@ bool plain(DType dt) { return dt == DType::F32 || dt == DType::F16 || dt == DTyp
 
 }  // namespace
 
+// Same arithmetic as quant_block_scalar: exact amax, d = amax / 127, q = RNE(x * (1/d))
+// clamped to +-127 (vcvtps2dq rounds to nearest even under the default MXCSR).
+void quant_block_avx512(const float* x, int n, int8_t* q, float* d, int32_t* sum16) {
+  __m512 m = _mm512_setzero_ps();
+  for (int c = 0; c < n; c += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + c)));
+  const float amax = _mm512_reduce_max_ps(m);
+  const float dd = amax / 127.f;
+  const float id = dd != 0.f ? 1.f / dd : 0.f;
+  const __m512 vid = _mm512_set1_ps(id);
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  for (int c = 0; c < n; c += 16) {
+    __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + c), vid));
+    v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c), _mm512_cvtepi32_epi8(v));
+    if (sum16) sum16[c / 16] = _mm512_reduce_add_epi32(v);
+  }
+  *d = dd;
+}
+
 void prepare_avx512(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prepared* out,
                     PrepareJob* job) {
   if (!plain(dt) && !has_vnni()) return prepare_avx2(dt, n_tokens, cols, arena, out, job);
@@ -439,19 +529,27 @@ void prepare_avx512(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prep
       job->fill_plain = dt == DType::BF16 ? fill_plain_bf16 : fill_plain_512;
       return;
     case DType::Q4_K: case DType::Q5_K:
-      job->layout.perm256 = kPerm45.v;
+      job->layout.perm = kPermK45;
+      job->layout.perm_span = 256;
       [[fallthrough]];
     case DType::Q6_K:
       job->layout.block = 256;
       job->layout.want_bsums = true;
       break;
-    default:
+    case DType::Q8_0:
       job->layout.block = 32;
       job->layout.offset128 = true;
+      break;
+    default:
+      job->layout.block = 32;
+      job->layout.perm = kPermNib;
+      job->layout.perm_span = 64;
       job->layout.want_sd = dt == DType::Q4_1 || dt == DType::Q5_1;
+      job->layout.bias_mul = dt == DType::Q4_0 ? -8 : dt == DType::Q5_0 ? -16 : 0;
       break;
   }
   job->quant = true;
+  job->qfn = quant_block_avx512;
   job->bufs = quant_alloc(job->layout, n_tokens, cols, arena, out);
 }
 
@@ -462,11 +560,11 @@ void rows_avx512(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, fl
     case DType::F32: return drive<Plain<DType::F32>, 4, 4>(w, p, r0, r1, y, ldy);
     case DType::F16: return drive<Plain<DType::F16>, 4, 4>(w, p, r0, r1, y, ldy);
     case DType::BF16: return drive<Plain<DType::BF16>, 4, 4>(w, p, r0, r1, y, ldy);
-    case DType::Q8_0: return drive<Legacy<DType::Q8_0>, 4, 3>(w, p, r0, r1, y, ldy);
-    case DType::Q4_0: return drive<Legacy<DType::Q4_0>, 4, 3>(w, p, r0, r1, y, ldy);
-    case DType::Q4_1: return drive<Legacy<DType::Q4_1>, 4, 3>(w, p, r0, r1, y, ldy);
-    case DType::Q5_0: return drive<Legacy<DType::Q5_0>, 4, 3>(w, p, r0, r1, y, ldy);
-    case DType::Q5_1: return drive<Legacy<DType::Q5_1>, 4, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q8_0: return drive<Q8, 2, 4>(w, p, r0, r1, y, ldy);
+    case DType::Q4_0: return drive<Nibble<DType::Q4_0>, 2, 4>(w, p, r0, r1, y, ldy);
+    case DType::Q4_1: return drive<Nibble<DType::Q4_1>, 2, 4>(w, p, r0, r1, y, ldy);
+    case DType::Q5_0: return drive<Nibble<DType::Q5_0>, 2, 4>(w, p, r0, r1, y, ldy);
+    case DType::Q5_1: return drive<Nibble<DType::Q5_1>, 2, 4>(w, p, r0, r1, y, ldy);
     case DType::Q4_K: return drive<K45<DType::Q4_K>, 2, 3>(w, p, r0, r1, y, ldy);
     case DType::Q5_K: return drive<K45<DType::Q5_K>, 2, 3>(w, p, r0, r1, y, ldy);
     case DType::Q6_K: return drive<K6, 2, 3>(w, p, r0, r1, y, ldy);

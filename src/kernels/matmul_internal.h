@@ -43,6 +43,9 @@ struct Prepared {
   int64_t d_stride = 0;
   // Legacy *_1 types: d * sum(q) of each 32-block, laid out like `d`.
   const float* sd = nullptr;
+  // bias_mul * sum(q) of each block (int32, laid out like `d`): lets kernels multiply unsigned
+  // *_0 weights (q + offset) and subtract the offset exactly in the integer accumulator.
+  const int32_t* bias = nullptr;
   // k-quants: sum(q) of each 16 values (natural order) and of each 32 values.
   const int16_t* bsum16 = nullptr;
   const int16_t* bsum32 = nullptr;
@@ -55,10 +58,20 @@ struct QuantLayout {
   bool offset128 = false;   // store q + 128 as uint8
   bool want_sd = false;     // legacy *_1 types need d*sum(q)
   bool want_bsums = false;  // k-quants
-  // Optional permutation inside each 256-block: stored position i holds value perm256[i].
-  const uint16_t* perm256 = nullptr;
+  int bias_mul = 0;         // != 0: fill Prepared::bias
+  // Optional reordering of 16-value chunks inside each span of perm_span values (a multiple of
+  // block or vice versa): stored chunk i holds natural chunk perm[i].
+  const uint8_t* perm = nullptr;
+  int perm_span = 0;
   int pad_bytes = 64;       // q_stride is a multiple of this (>= cols)
 };
+
+// Quantizes one block of n (32 or 256) values: q in natural order, *d, and when sum16 is not
+// null the sum of each 16 q values. Every implementation must give identical results.
+using QuantBlockFn = void (*)(const float* x, int n, int8_t* q, float* d, int32_t* sum16);
+void quant_block_scalar(const float* x, int n, int8_t* q, float* d, int32_t* sum16);
+void quant_block_avx2(const float* x, int n, int8_t* q, float* d, int32_t* sum16);
+void quant_block_avx512(const float* x, int n, int8_t* q, float* d, int32_t* sum16);
 
 // The one activation quantizer (identical values on every path): per block d = amax / 127,
 // q = round-to-nearest-even(x * (1 / d)), clamped to [-127, 127]; d = 0 gives q = 0.
@@ -67,6 +80,7 @@ struct QuantBuffers {
   int8_t* q; int64_t q_stride;
   float* d; int64_t d_stride;
   float* sd;
+  int32_t* bias;
   int16_t* bsum16; int64_t bsum16_stride;
   int16_t* bsum32; int64_t bsum32_stride;
 };
@@ -75,13 +89,14 @@ QuantBuffers quant_alloc(const QuantLayout& L, int64_t n_tokens, int64_t cols, A
 // Allocates the padded f32 copy (stride rounded up to `pad_floats`).
 float* plain_alloc(int64_t n_tokens, int64_t cols, int pad_floats, Arena& arena, Prepared* out);
 void quantize_acts(const QuantLayout& L, const float* x, int64_t cols, int64_t t0, int64_t t1,
-                   const QuantBuffers& b);
+                   const QuantBuffers& b, QuantBlockFn fn);
 
 // What prepare() asks the dispatcher to fill, token by token (spread over the pool).
 struct PrepareJob {
   bool quant = false;
   QuantLayout layout;
   QuantBuffers bufs{};
+  QuantBlockFn qfn = quant_block_scalar;
   // Plain weights: copy one token's f32 row to dst (padding / permuting as the path wants).
   void (*fill_plain)(const float* x, int64_t cols, float* dst, int64_t stride) = nullptr;
   float* plain = nullptr;

@@ -43,16 +43,19 @@ QuantBuffers quant_alloc(const QuantLayout& L, int64_t n_tokens, int64_t cols, A
   const size_t q_bytes = align64(static_cast<size_t>(n_tokens * b.q_stride));
   const size_t d_bytes = align64(static_cast<size_t>(n_tokens * b.d_stride) * sizeof(float));
   const size_t sd_bytes = L.want_sd ? d_bytes : 0;
+  const size_t bias_bytes = L.bias_mul ? d_bytes : 0;
   const size_t b16_bytes = align64(static_cast<size_t>(n_tokens * b.bsum16_stride) * 2);
   const size_t b32_bytes = align64(static_cast<size_t>(n_tokens * b.bsum32_stride) * 2);
   uint8_t* base = static_cast<uint8_t*>(
-      arena.get(q_bytes + d_bytes + sd_bytes + b16_bytes + b32_bytes));
+      arena.get(q_bytes + d_bytes + sd_bytes + bias_bytes + b16_bytes + b32_bytes));
   b.q = reinterpret_cast<int8_t*>(base);
   base += q_bytes;
   b.d = reinterpret_cast<float*>(base);
   base += d_bytes;
   b.sd = L.want_sd ? reinterpret_cast<float*>(base) : nullptr;
   base += sd_bytes;
+  b.bias = L.bias_mul ? reinterpret_cast<int32_t*>(base) : nullptr;
+  base += bias_bytes;
   b.bsum16 = L.want_bsums ? reinterpret_cast<int16_t*>(base) : nullptr;
   base += b16_bytes;
   b.bsum32 = L.want_bsums ? reinterpret_cast<int16_t*>(base) : nullptr;
@@ -65,11 +68,12 @@ QuantBuffers quant_alloc(const QuantLayout& L, int64_t n_tokens, int64_t cols, A
   out->d = b.d;
   out->d_stride = b.d_stride;
   out->sd = b.sd;
+  out->bias = b.bias;
   out->bsum16 = b.bsum16;
   out->bsum32 = b.bsum32;
   out->bsum16_stride = b.bsum16_stride;
   out->bsum32_stride = b.bsum32_stride;
-  out->act_bytes = b.q_stride + b.d_stride * 4 * (L.want_sd ? 2 : 1) +
+  out->act_bytes = b.q_stride + b.d_stride * 4 * (1 + (L.want_sd ? 1 : 0) + (L.bias_mul ? 1 : 0)) +
                    (b.bsum16_stride + b.bsum32_stride) * 2;
   return b;
 }
@@ -91,67 +95,80 @@ void fill_plain_copy(const float* x, int64_t cols, float* dst, int64_t stride) {
   std::fill(dst + cols, dst + stride, 0.f);
 }
 
+void quant_block_scalar(const float* x, int n, int8_t* q, float* d, int32_t* sum16) {
+  float amax = 0.f;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float dd = amax / 127.f;
+  const float id = dd != 0.f ? 1.f / dd : 0.f;
+  for (int c = 0; c < n; c += 16) {
+    int s = 0;
+    for (int i = c; i < c + 16; ++i) {
+      // Round-to-nearest-even, as the SIMD converts do under the default MXCSR.
+      float v = std::nearbyint(x[i] * id);
+      v = std::min(127.f, std::max(-127.f, v));
+      q[i] = static_cast<int8_t>(v);
+      s += q[i];
+    }
+    if (sum16) sum16[c / 16] = s;
+  }
+  *d = dd;
+}
+
 void quantize_acts(const QuantLayout& L, const float* x, int64_t cols, int64_t t0, int64_t t1,
-                   const QuantBuffers& b) {
+                   const QuantBuffers& b, QuantBlockFn fn) {
   const int64_t nb = cols / L.block;
-  const int64_t nb_pad = b.q_stride / L.block;
+  const bool sums = L.want_sd || L.want_bsums || L.bias_mul != 0;
   const uint8_t off = L.offset128 ? 128 : 0;
-  int8_t tmp[QK_K];
+  const bool direct = !L.perm && !off;  // quantize straight into the output row
+  std::vector<int8_t> tmp(direct ? 0 : static_cast<size_t>(b.q_stride));
+  int32_t s16[QK_K / 16];
   for (int64_t t = t0; t < t1; ++t) {
     const float* xr = x + t * cols;
     int8_t* q = b.q + t * b.q_stride;
+    int8_t* nat = direct ? q : tmp.data();
     float* d = b.d + t * b.d_stride;
-    float* sd = b.sd ? b.sd + t * b.d_stride : nullptr;
     for (int64_t blk = 0; blk < nb; ++blk) {
-      const float* xb = xr + blk * L.block;
-      float amax = 0.f;
-      for (int i = 0; i < L.block; ++i) amax = std::max(amax, std::fabs(xb[i]));
-      const float dd = amax / 127.f;
-      const float id = dd != 0.f ? 1.f / dd : 0.f;
+      fn(xr + blk * L.block, L.block, nat + blk * L.block, &d[blk], sums ? s16 : nullptr);
+      if (!sums) continue;
       int sum = 0;
-      for (int i = 0; i < L.block; ++i) {
-        // Round-to-nearest-even, as the SIMD converts do under the default MXCSR.
-        float v = std::nearbyint(xb[i] * id);
-        v = std::min(127.f, std::max(-127.f, v));
-        tmp[i] = static_cast<int8_t>(v);
-        sum += tmp[i];
-      }
-      int8_t* qb = q + blk * L.block;
-      for (int i = 0; i < L.block; ++i) {
-        const int8_t v = L.perm256 ? tmp[L.perm256[i]] : tmp[i];
-        qb[i] = static_cast<int8_t>(static_cast<uint8_t>(v) + off);
-      }
-      d[blk] = dd;
-      if (sd) sd[blk] = dd * static_cast<float>(sum);
+      for (int g = 0; g < L.block / 16; ++g) sum += s16[g];
+      if (b.sd) b.sd[t * b.d_stride + blk] = d[blk] * static_cast<float>(sum);
+      if (b.bias) b.bias[t * b.d_stride + blk] = L.bias_mul * sum;
       if (L.want_bsums) {
         int16_t* b16 = b.bsum16 + t * b.bsum16_stride + blk * (L.block / 16);
         int16_t* b32 = b.bsum32 + t * b.bsum32_stride + blk * (L.block / 32);
-        for (int g = 0; g < L.block / 16; ++g) {
-          int s = 0;
-          for (int i = 0; i < 16; ++i) s += tmp[g * 16 + i];
-          b16[g] = static_cast<int16_t>(s);
-        }
-        for (int g = 0; g < L.block / 32; ++g)
-          b32[g] = static_cast<int16_t>(b16[2 * g] + b16[2 * g + 1]);
+        for (int g = 0; g < L.block / 16; ++g) b16[g] = static_cast<int16_t>(s16[g]);
+        for (int g = 0; g < L.block / 32; ++g) b32[g] = static_cast<int16_t>(s16[2 * g] + s16[2 * g + 1]);
       }
     }
     // Padding: zero values and scales, so padded lanes add exact zeros.
-    std::memset(q + nb * L.block, off, static_cast<size_t>(b.q_stride - nb * L.block));
+    std::memset(nat + nb * L.block, 0, static_cast<size_t>(b.q_stride - nb * L.block));
     std::fill(d + nb, d + b.d_stride, 0.f);
-    if (sd) std::fill(sd + nb, sd + b.d_stride, 0.f);
+    if (b.sd) std::fill(b.sd + t * b.d_stride + nb, b.sd + (t + 1) * b.d_stride, 0.f);
+    if (b.bias) std::fill(b.bias + t * b.d_stride + nb, b.bias + (t + 1) * b.d_stride, 0);
     if (L.want_bsums) {
       std::fill(b.bsum16 + t * b.bsum16_stride + nb * (L.block / 16),
                 b.bsum16 + (t + 1) * b.bsum16_stride, int16_t{0});
       std::fill(b.bsum32 + t * b.bsum32_stride + nb * (L.block / 32),
                 b.bsum32 + (t + 1) * b.bsum32_stride, int16_t{0});
     }
-    (void)nb_pad;
+    if (direct) continue;
+    if (L.perm) {
+      const int nchunk = L.perm_span / 16;
+      for (int64_t s0 = 0; s0 < b.q_stride; s0 += L.perm_span)
+        for (int c = 0; c < nchunk; ++c)
+          std::memcpy(q + s0 + 16 * c, nat + s0 + 16 * L.perm[c], 16);
+    } else {
+      std::memcpy(q, nat, static_cast<size_t>(b.q_stride));
+    }
+    if (off)
+      for (int64_t i = 0; i < b.q_stride; ++i) q[i] = static_cast<int8_t>(static_cast<uint8_t>(q[i]) ^ 0x80);
   }
 }
 
 void run_prepare(const PrepareJob& job, const float* x, int64_t cols, int64_t t0, int64_t t1) {
   if (job.quant) {
-    quantize_acts(job.layout, x, cols, t0, t1, job.bufs);
+    quantize_acts(job.layout, x, cols, t0, t1, job.bufs, job.qfn);
   } else {
     for (int64_t t = t0; t < t1; ++t)
       job.fill_plain(x + t * cols, cols, job.plain + t * job.plain_stride, job.plain_stride);
