@@ -557,17 +557,18 @@ void rows_avx512(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, fl
                  int64_t ldy) {
   if (!plain(w.dtype) && !has_vnni()) return rows_avx2(w, p, r0, r1, y, ldy);
   switch (w.dtype) {
-    case DType::F32: return drive<Plain<DType::F32>, 4, 4>(w, p, r0, r1, y, ldy);
-    case DType::F16: return drive<Plain<DType::F16>, 4, 4>(w, p, r0, r1, y, ldy);
-    case DType::BF16: return drive<Plain<DType::BF16>, 4, 4>(w, p, r0, r1, y, ldy);
-    case DType::Q8_0: return drive<Q8, 2, 4>(w, p, r0, r1, y, ldy);
-    case DType::Q4_0: return drive<Nibble<DType::Q4_0>, 2, 4>(w, p, r0, r1, y, ldy);
+    // Tile shapes (rows x tokens) for multi-token calls, tuned on Zen 5 at 4096-wide rows.
+    case DType::F32: return drive<Plain<DType::F32>, 4, 3>(w, p, r0, r1, y, ldy);
+    case DType::F16: return drive<Plain<DType::F16>, 4, 3>(w, p, r0, r1, y, ldy);
+    case DType::BF16: return drive<Plain<DType::BF16>, 4, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q8_0: return drive<Q8, 4, 4>(w, p, r0, r1, y, ldy);
+    case DType::Q4_0: return drive<Nibble<DType::Q4_0>, 4, 4>(w, p, r0, r1, y, ldy);
     case DType::Q4_1: return drive<Nibble<DType::Q4_1>, 2, 4>(w, p, r0, r1, y, ldy);
     case DType::Q5_0: return drive<Nibble<DType::Q5_0>, 2, 4>(w, p, r0, r1, y, ldy);
     case DType::Q5_1: return drive<Nibble<DType::Q5_1>, 2, 4>(w, p, r0, r1, y, ldy);
-    case DType::Q4_K: return drive<K45<DType::Q4_K>, 2, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q4_K: return drive<K45<DType::Q4_K>, 1, 6>(w, p, r0, r1, y, ldy);
     case DType::Q5_K: return drive<K45<DType::Q5_K>, 2, 3>(w, p, r0, r1, y, ldy);
-    case DType::Q6_K: return drive<K6, 2, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q6_K: return drive<K6, 1, 6>(w, p, r0, r1, y, ldy);
     default: break;
   }
 }
