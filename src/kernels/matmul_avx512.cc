@@ -567,7 +567,7 @@ void rows_avx512(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, fl
     case DType::Q5_0: return drive<Nibble<DType::Q5_0>, 2, 4>(w, p, r0, r1, y, ldy);
     case DType::Q5_1: return drive<Nibble<DType::Q5_1>, 2, 4>(w, p, r0, r1, y, ldy);
     case DType::Q4_K: return drive<K45<DType::Q4_K>, 1, 6>(w, p, r0, r1, y, ldy);
-    case DType::Q5_K: return drive<K45<DType::Q5_K>, 2, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q5_K: return drive<K45<DType::Q5_K>, 1, 6>(w, p, r0, r1, y, ldy);
     case DType::Q6_K: return drive<K6, 1, 6>(w, p, r0, r1, y, ldy);
     default: break;
   }
