@@ -1,0 +1,4 @@
+#include "formats/loaded_model.h"
+#include "formats/error.h"
+namespace mx {
+}
