@@ -6,11 +6,26 @@
 
 #include "formats/error.h"
 #include "formats/model_loader.h"
+#include "runtime/expert_parallel.h"
 #include "runtime/tokenizer.h"
 
 namespace mx::cli {
 
+namespace {
+std::vector<std::pair<const CLI::App*, EngineOptions*>>& engine_registry() {
+  static std::vector<std::pair<const CLI::App*, EngineOptions*>> r;
+  return r;
+}
+}  // namespace
+
+const EngineOptions* engine_options_of(const CLI::App* sub) {
+  for (const auto& [app, o] : engine_registry())
+    if (app == sub) return o;
+  return nullptr;
+}
+
 void add_engine_options(CLI::App* app, EngineOptions& o, const std::string& default_kv) {
+  engine_registry().push_back({app, &o});
   o.kv_dtype = default_kv;
   app->add_option("--model,-m", o.model, "model folder or file (any supported layout)")->required();
   app->add_option("--threads,-t", o.threads, "worker threads (default: all cores)");
@@ -30,16 +45,37 @@ Engine::Engine(Engine&&) noexcept = default;
 Engine::~Engine() = default;
 
 Engine open_engine(const EngineOptions& o) {
+  const ep::World& w = ep::world();
   Engine e;
   e.kv_dtype = parse_kv_dtype(o.kv_dtype);
-  e.pool = std::make_unique<ThreadPool>(o.threads);
-  LoadOptions lo;
-  e.loaded = std::make_shared<LoadedModel>(load_model(o.model, lo));
-  e.tokenizer = std::make_unique<Tokenizer>(Tokenizer::load(e.loaded->tokenizer));
-  if (e.tokenizer->vocab_size() != e.loaded->config.vocab)
-    fail(o.model + ": tokenizer has " + std::to_string(e.tokenizer->vocab_size()) +
-         " pieces but the model's vocabulary is " + std::to_string(e.loaded->config.vocab));
-  e.model = make_model(e.loaded, lo, *e.pool);
+  // Ranks sharing a host share its cores.
+  e.pool = std::make_unique<ThreadPool>(o.threads > 0 ? o.threads : w.local_size > 1 ? ep::default_threads() : 0);
+  const LoadOptions lo{w.rank, w.size};
+  const std::string path = w.mpi ? ep::model_path_for_rank(o.model, w.rank) : o.model;
+  auto load = [&] {
+    e.loaded = std::make_shared<LoadedModel>(load_model(path, lo));
+    e.tokenizer = std::make_unique<Tokenizer>(Tokenizer::load(e.loaded->tokenizer));
+    if (e.tokenizer->vocab_size() != e.loaded->config.vocab)
+      fail(path + ": tokenizer has " + std::to_string(e.tokenizer->vocab_size()) +
+           " pieces but the model's vocabulary is " + std::to_string(e.loaded->config.vocab));
+    e.model = make_model(e.loaded, lo, *e.pool);
+  };
+  if (!ep::distributed()) {
+    load();
+    return e;
+  }
+  ep::open_begin();
+  // Every rank must report before anyone may fail, so rank 0's own error waits for theirs.
+  std::string err;
+  try {
+    load();
+  } catch (const std::bad_alloc&) {
+    err = "out of memory while loading the model";
+  } catch (const std::exception& ex) {
+    err = ex.what();
+  }
+  ep::open_end(err.empty() ? e.model.get() : nullptr, err);
+  ep::attach_root(*e.model, *e.pool);
   return e;
 }
 

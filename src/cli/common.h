@@ -22,6 +22,9 @@ struct EngineOptions {
 };
 
 void add_engine_options(CLI::App* app, EngineOptions& o, const std::string& default_kv = "f16");
+// The options add_engine_options registered for `sub` (null when it takes no --model). Ranks
+// other than 0 read their --model and --threads from here instead of running the command.
+const EngineOptions* engine_options_of(const CLI::App* sub);
 
 struct Engine {
   std::shared_ptr<LoadedModel> loaded;
@@ -34,6 +37,9 @@ struct Engine {
   ~Engine();
 };
 
+// Loads the model and tokenizer. Under mpirun with N > 1 ranks (only rank 0 runs commands),
+// every rank loads its share of the experts at the same time, a failure on any rank is
+// reported here naming the rank, and the returned model runs each forward on all ranks.
 Engine open_engine(const EngineOptions& o);
 // The step function schedulers call: one forward over `kv` (and, under MPI, on every rank).
 std::function<std::vector<float>(const std::vector<SeqChunk>&)> make_forward(Engine& e, KvCache& kv);

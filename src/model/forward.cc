@@ -57,6 +57,7 @@ std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& b
   }
   const int T = static_cast<int>(tokens.size());
   if (T == 0) return {};
+  if (m.before_step) m.before_step(kv, batch);
 
   std::vector<float> x(static_cast<size_t>(T) * dim), h(x.size()), tmp(x.size());
   std::vector<float> q(static_cast<size_t>(T) * qdim), k(static_cast<size_t>(T) * kvdim),
@@ -95,6 +96,7 @@ std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& b
   }
   // Positions are committed only after the whole step succeeded.
   for (const SeqChunk& s : batch) kv.set_length(s.slot, kv.length(s.slot) + static_cast<int>(s.tokens.size()));
+  if (m.skip_logits) return {};
 
   // Final norm and LM head, only for rows whose logits are wanted.
   std::vector<int> want;

@@ -7,6 +7,7 @@
 //   h = rmsnorm(x) → route → experts grouped over the batch → x += combine
 // then final rmsnorm and the LM head for the tokens whose logits are wanted.
 #pragma once
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -19,11 +20,19 @@ namespace mx {
 
 class ThreadPool;
 
+struct SeqChunk;
+
 struct Model {
   ModelConfig config;
   ModelWeights weights;
   std::shared_ptr<LoadedModel> source;  // keeps the mapped files alive
   ExpertRunner experts;                 // local by default; MPI replaces it
+  // Called by forward() once the batch is validated and the cache slots are reserved, before
+  // the first layer (kv.length(slot) is then each chunk's start). Under MPI, rank 0 uses it to
+  // send the step to the other ranks (runtime/expert_parallel.cc); empty otherwise.
+  std::function<void(const KvCache&, const std::vector<SeqChunk>&)> before_step;
+  // Ranks other than 0 only need the cache and the expert exchange: no final norm, no LM head.
+  bool skip_logits = false;
 };
 
 // Binds weights and sets the local expert runner (which uses `pool`).
@@ -39,8 +48,8 @@ struct SeqChunk {
 };
 
 // Appends every chunk's tokens to its slot's cache and returns logits: for each chunk in order,
-// tokens.size() rows when all_logits, else one row; each row is [vocab].
-// Throws mx::Error for an unknown token id or a sequence over the context.
+// tokens.size() rows when all_logits, else one row; each row is [vocab] (nothing when
+// m.skip_logits). Throws mx::Error for an unknown token id or a sequence over the context.
 std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& batch,
                            ThreadPool& pool);
 

@@ -1,0 +1,666 @@
+#include "runtime/expert_parallel.h"
+
+#include <mpi.h>
+#include <sched.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <new>
+#include <thread>
+
+#include "formats/error.h"
+#include "formats/model_loader.h"
+#include "kernels/matmul.h"
+#include "kernels/thread_pool.h"
+#include "model/forward.h"
+#include "model/kv_cache.h"
+
+namespace mx::ep {
+
+namespace {
+
+// Control messages from rank 0: a fixed header, then `bytes` of payload.
+enum MsgType : int64_t { kOpen = 1, kStep = 2, kStats = 3, kExit = 4 };
+struct Header {
+  int64_t type = 0, bytes = 0, a = 0, b = 0;
+};
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Process-wide state. MPI calls come from one thread at a time (the command's, or the
+// follower loop); thread-pool workers never call MPI.
+struct Runtime {
+  World world;
+  MPI_Comm ctrl = MPI_COMM_NULL;  // rank 0's control messages
+  MPI_Comm data = MPI_COMM_NULL;  // per-layer expert exchange
+  std::vector<std::pair<int, MPI_Datatype>> row_types;  // contiguous dim floats, by dim
+  CommStats stats;
+  bool timing = false;      // MIXTRAL_EP_TIMING=1
+  bool check_routing = false;  // MIXTRAL_EP_CHECK=1
+  // Rank 0: a step the others have started; cleared after the last layer's exchange.
+  bool step_open = false;
+  int layers_done = 0;
+  // Test hooks (tests/mpi_test.sh): on rank test_rank, die or fail an allocation in step k.
+  int test_rank = 1;
+  long die_at_step = -1, oom_at_step = -1;
+  // Figures for gather_rank_stats, set when a model is attached.
+  double expert_mb = 0;
+  int first_expert = 0, n_experts = 0;
+  std::vector<int> counts, displs, cursor;
+  std::vector<float> buf;
+};
+
+Runtime& rt() {
+  static Runtime r;
+  return r;
+}
+
+std::string mpi_error_string(int rc) {
+  char s[MPI_MAX_ERROR_STRING];
+  int n = 0;
+  MPI_Error_string(rc, s, &n);
+  return std::string(s, static_cast<size_t>(n));
+}
+
+// Communication errors end the job: the other ranks would otherwise wait forever.
+void check(int rc, const char* what) {
+  if (rc != MPI_SUCCESS) abort_job(std::string(what) + " failed: " + mpi_error_string(rc));
+}
+
+long env_long(const char* name, long dflt) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return dflt;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  return (end && *end == 0) ? x : dflt;
+}
+
+double status_mb(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const size_t n = std::strlen(key);
+  while (std::getline(f, line))
+    if (line.compare(0, n, key) == 0) return std::stod(line.substr(n)) / 1024.0;
+  return 0;
+}
+
+MPI_Datatype row_type(int dim) {
+  Runtime& r = rt();
+  for (const auto& [d, t] : r.row_types)
+    if (d == dim) return t;
+  MPI_Datatype t;
+  check(MPI_Type_contiguous(dim, MPI_FLOAT, &t), "MPI_Type_contiguous");
+  check(MPI_Type_commit(&t), "MPI_Type_commit");
+  r.row_types.push_back({dim, t});
+  return t;
+}
+
+// ---- control channel ------------------------------------------------------------------------
+
+void send_msg(int64_t type, const std::vector<char>& payload, int64_t a = 0, int64_t b = 0) {
+  Runtime& r = rt();
+  Header h{type, static_cast<int64_t>(payload.size()), a, b};
+  // Followers wait with a non-blocking broadcast (so they can sleep), and MPI requires the
+  // root to match it with a non-blocking one too.
+  MPI_Request req;
+  check(MPI_Ibcast(&h, 4, MPI_INT64_T, 0, r.ctrl, &req), "MPI_Ibcast (control header)");
+  check(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait (control header)");
+  if (!payload.empty())
+    check(MPI_Bcast(const_cast<char*>(payload.data()), static_cast<int>(payload.size()), MPI_BYTE,
+                    0, r.ctrl),
+          "MPI_Bcast (control payload)");
+}
+
+// Followers idle here between steps (rank 0 may be reading a prompt for minutes): spin
+// briefly for low step latency, then sleep so an idle rank costs no CPU.
+Header recv_msg(std::vector<char>* payload) {
+  Runtime& r = rt();
+  Header h;
+  MPI_Request req;
+  check(MPI_Ibcast(&h, 4, MPI_INT64_T, 0, r.ctrl, &req), "MPI_Ibcast (control header)");
+  const double t0 = now_s();
+  int done = 0;
+  for (;;) {
+    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test (control header)");
+    if (done) break;
+    const double idle = now_s() - t0;
+    if (idle < 0.002) {
+      sched_yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(idle < 0.1 ? 50 : 1000));
+    }
+  }
+  payload->resize(static_cast<size_t>(h.bytes));
+  if (h.bytes > 0)
+    check(MPI_Bcast(payload->data(), static_cast<int>(h.bytes), MPI_BYTE, 0, r.ctrl),
+          "MPI_Bcast (control payload)");
+  return h;
+}
+
+// ---- the per-layer exchange -----------------------------------------------------------------
+
+// Every rank holds the same hidden states and routing, so every rank knows which rows each
+// rank computes and in which order: rank q contributes the rows i (= t*top_k + j) whose expert
+// it owns, in ascending i. One Allgatherv then leaves every y row on every rank.
+void exchange(const Model& m, int layer, const MoeRouting& route, int dim, float* y) {
+  Runtime& r = rt();
+  const int N = r.world.size, me = r.world.rank;
+  const int per = m.config.n_experts / N;
+  const int P = route.n_tokens * route.top_k;
+  r.counts.assign(static_cast<size_t>(N), 0);
+  for (int i = 0; i < P; ++i) ++r.counts[static_cast<size_t>(route.expert[static_cast<size_t>(i)] / per)];
+  r.displs.assign(static_cast<size_t>(N), 0);
+  for (int q = 1; q < N; ++q) r.displs[static_cast<size_t>(q)] = r.displs[static_cast<size_t>(q - 1)] + r.counts[static_cast<size_t>(q - 1)];
+  r.buf.resize(static_cast<size_t>(P) * static_cast<size_t>(dim));
+  const size_t row = static_cast<size_t>(dim);
+  float* mine = r.buf.data() + static_cast<size_t>(r.displs[static_cast<size_t>(me)]) * row;
+  for (int i = 0, k = 0; i < P; ++i)
+    if (route.expert[static_cast<size_t>(i)] / per == me)
+      std::memcpy(mine + static_cast<size_t>(k++) * row, y + static_cast<size_t>(i) * row, row * sizeof(float));
+
+  if (r.check_routing) {
+    // Diverging ranks (e.g. hosts with different math libraries) would silently exchange
+    // mismatched rows; compare a hash of the routing first.
+    uint64_t hsh = 1469598103934665603ull;
+    for (int e : route.expert) hsh = (hsh ^ static_cast<uint64_t>(e)) * 1099511628211ull;
+    std::vector<uint64_t> all(static_cast<size_t>(N));
+    check(MPI_Allgather(&hsh, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, r.data), "MPI_Allgather (routing check)");
+    for (int q = 0; q < N; ++q)
+      if (all[static_cast<size_t>(q)] != all[0])
+        abort_job("layer " + std::to_string(layer) + ": rank " + std::to_string(q) +
+                  " routed tokens differently from rank 0; the ranks no longer compute the same "
+                  "hidden states (same binary, SIMD path and libraries are needed on every host)");
+  }
+  if (r.timing) {
+    const double t0 = now_s();
+    check(MPI_Barrier(r.data), "MPI_Barrier (timing)");
+    r.stats.wait_seconds += now_s() - t0;
+  }
+  const double t0 = now_s();
+  check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, r.buf.data(), r.counts.data(),
+                       r.displs.data(), row_type(dim), r.data),
+        "MPI_Allgatherv (expert outputs)");
+  r.stats.seconds += now_s() - t0;
+  ++r.stats.calls;
+  const uint64_t row_bytes = row * sizeof(float);
+  const uint64_t own = static_cast<uint64_t>(r.counts[static_cast<size_t>(me)]);
+  r.stats.bytes_sent += own * row_bytes * static_cast<uint64_t>(N - 1);
+  r.stats.bytes_received += (static_cast<uint64_t>(P) - own) * row_bytes;
+
+  r.cursor = r.displs;
+  for (int i = 0; i < P; ++i) {
+    const int q = route.expert[static_cast<size_t>(i)] / per;
+    const int at = r.cursor[static_cast<size_t>(q)]++;
+    if (q != me)
+      std::memcpy(y + static_cast<size_t>(i) * row, r.buf.data() + static_cast<size_t>(at) * row,
+                  row * sizeof(float));
+  }
+}
+
+void run_test_hooks(int layer, int n_layers) {
+  Runtime& r = rt();
+  if (r.world.rank != r.test_rank || layer != n_layers - 1) return;
+  const long step = static_cast<long>(r.stats.steps);
+  if (step == r.die_at_step) {
+    std::fprintf(stderr, "rank %d: MIXTRAL_TEST_DIE_AT_STEP=%ld: killing myself\n", r.world.rank, step);
+    std::fflush(stderr);
+    ::raise(SIGKILL);
+  }
+  if (step == r.oom_at_step) throw std::bad_alloc();
+}
+
+void install_runner(Model& m, ThreadPool& pool) {
+  Runtime& r = rt();
+  Model* raw = &m;
+  m.experts = [raw, &pool](int layer, const float* x, int dim, const MoeRouting& route, float* y) {
+    run_local_experts(raw->weights.layers[static_cast<size_t>(layer)], x, dim, route, y, pool);
+    run_test_hooks(layer, raw->config.n_layers);
+    exchange(*raw, layer, route, dim, y);
+    Runtime& rr = rt();
+    if (++rr.layers_done >= raw->config.n_layers) rr.step_open = false;
+  };
+  const int per = m.config.n_experts / r.world.size;
+  r.first_expert = r.world.rank * per;
+  r.n_experts = per;
+  double bytes = 0;
+  for (const LayerWeights& lw : m.weights.layers)
+    for (const ExpertWeights& e : lw.experts)
+      if (e.present)
+        bytes += static_cast<double>(e.w1.rows) * e.w1.stride + static_cast<double>(e.w3.rows) * e.w3.stride +
+                 static_cast<double>(e.w2.rows) * e.w2.stride;
+  r.expert_mb = bytes / (1024.0 * 1024.0);
+}
+
+// What must agree across ranks for their hidden states to stay identical: config, layout
+// conventions, weight dtypes, and the router and norm weights (a wrong host folder shows
+// up here rather than as a hang or a silently different answer).
+uint64_t model_signature(const Model& m) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      std::memcpy(&w, b + i, 8);
+      h = (h ^ w) * 1099511628211ull;
+      h ^= h >> 29;
+    }
+    for (; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  };
+  const ModelConfig& c = m.config;
+  const int ints[] = {c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.n_experts,
+                      c.top_k, c.vocab, c.sliding_window, c.rope_interleaved ? 1 : 0};
+  mix(ints, sizeof ints);
+  const float fl[] = {c.rope_theta, c.norm_eps};
+  mix(fl, sizeof fl);
+  auto mat = [&](const MatView& v, bool bytes) {
+    const int64_t d[] = {static_cast<int64_t>(v.dtype), v.rows, v.cols};
+    mix(d, sizeof d);
+    if (bytes)
+      for (int64_t row = 0; row < v.rows; ++row) mix(v.row(row), row_bytes(v.dtype, v.cols));
+  };
+  mat(m.weights.tok_embeddings, false);
+  mat(m.weights.output, false);
+  mix(m.weights.norm.data(), m.weights.norm.size() * sizeof(float));
+  for (const LayerWeights& lw : m.weights.layers) {
+    mix(lw.attention_norm.data(), lw.attention_norm.size() * sizeof(float));
+    mix(lw.ffn_norm.data(), lw.ffn_norm.size() * sizeof(float));
+    mat(lw.wq, false);
+    mat(lw.wk, false);
+    mat(lw.wv, false);
+    mat(lw.wo, false);
+    mat(lw.gate, true);
+  }
+  return h;
+}
+
+// Each rank's outcome of an open, gathered on rank 0.
+struct OpenStatus {
+  int32_t ok = 0;
+  int32_t msg_len = 0;
+  uint64_t signature = 0;
+};
+
+// Both sides of the open: every rank reports; rank 0 gets everything.
+void gather_open(const OpenStatus& mine, const std::string& msg, std::vector<OpenStatus>* all,
+                 std::vector<std::string>* msgs) {
+  Runtime& r = rt();
+  const int N = r.world.size;
+  const bool root = r.world.rank == 0;
+  if (root) all->resize(static_cast<size_t>(N));
+  check(MPI_Gather(&mine, sizeof(OpenStatus), MPI_BYTE, root ? all->data() : nullptr,
+                   sizeof(OpenStatus), MPI_BYTE, 0, r.ctrl),
+        "MPI_Gather (open status)");
+  std::vector<int> lens, displs;
+  std::vector<char> text;
+  if (root) {
+    lens.resize(static_cast<size_t>(N));
+    displs.resize(static_cast<size_t>(N));
+    int total = 0;
+    for (int q = 0; q < N; ++q) {
+      lens[static_cast<size_t>(q)] = (*all)[static_cast<size_t>(q)].msg_len;
+      displs[static_cast<size_t>(q)] = total;
+      total += lens[static_cast<size_t>(q)];
+    }
+    text.resize(static_cast<size_t>(std::max(total, 1)));
+  }
+  check(MPI_Gatherv(msg.data(), static_cast<int>(msg.size()), MPI_BYTE, root ? text.data() : nullptr,
+                    root ? lens.data() : nullptr, root ? displs.data() : nullptr, MPI_BYTE, 0, r.ctrl),
+        "MPI_Gatherv (open errors)");
+  if (root) {
+    msgs->resize(static_cast<size_t>(N));
+    for (int q = 0; q < N; ++q)
+      (*msgs)[static_cast<size_t>(q)].assign(text.data() + displs[static_cast<size_t>(q)],
+                                             static_cast<size_t>(lens[static_cast<size_t>(q)]));
+  }
+}
+
+RankStats local_rank_stats() {
+  Runtime& r = rt();
+  RankStats s;
+  s.rank = r.world.rank;
+  s.comm = r.stats;
+  s.rss_mb = status_mb("VmRSS:");
+  s.peak_rss_mb = status_mb("VmHWM:");
+  s.expert_mb = r.expert_mb;
+  s.first_expert = r.first_expert;
+  s.n_experts = r.n_experts;
+  return s;
+}
+
+// ---- the follower side -----------------------------------------------------------------------
+
+// A copy of one of rank 0's KV caches, which rank 0 names by its address. Addresses get
+// reused, so the cache is never trusted by name alone: every step carries each chunk's start
+// position, and a slot starting at 0 is reset.
+struct Mirror {
+  uint64_t id = 0;
+  int n_layers = 0, kv_dim = 0, max_ctx = 0, dtype = 0;
+  std::unique_ptr<KvCache> kv;
+  uint64_t last_use = 0;
+};
+
+struct Follower {
+  FollowerOptions opt;
+  std::shared_ptr<LoadedModel> loaded;
+  std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<Model> model;
+  std::vector<Mirror> mirrors;
+  uint64_t uses = 0;
+  static constexpr size_t kMaxMirrors = 4;
+
+  void open(const Header& h) {
+    Runtime& r = rt();
+    model.reset();
+    loaded.reset();
+    mirrors.clear();
+    OpenStatus st;
+    std::string msg;
+    try {
+      if (!opt.has_model) fail("this rank's command line has no --model");
+      const SimdPath root_path = static_cast<SimdPath>(h.a);
+      // Different SIMD paths sum in different orders: the ranks' hidden states would drift
+      // apart. Follow rank 0's choice.
+      if (!cpu_supports(root_path))
+        fail("this CPU cannot run the " + simd_path_name(root_path) +
+             " kernels rank 0 uses; start every rank with the same MIXTRAL_SIMD (e.g. avx2)");
+      set_simd_path(root_path);
+      if (!pool) pool = std::make_unique<ThreadPool>(opt.threads > 0 ? opt.threads : default_threads());
+      const std::string path = model_path_for_rank(opt.model, r.world.rank);
+      const LoadOptions lo{r.world.rank, r.world.size};
+      loaded = std::make_shared<LoadedModel>(load_model(path, lo));
+      model = make_model(loaded, lo, *pool);
+      model->skip_logits = true;
+      install_runner(*model, *pool);
+      st.ok = 1;
+      st.signature = model_signature(*model);
+      msg = path;  // named by rank 0 if the model differs from its own
+    } catch (const std::bad_alloc&) {
+      msg = "out of memory while loading the model";
+    } catch (const std::exception& e) {
+      msg = e.what();
+    }
+    if (!st.ok) {
+      model.reset();
+      loaded.reset();
+    }
+    st.msg_len = static_cast<int32_t>(msg.size());
+    gather_open(st, msg, nullptr, nullptr);
+  }
+
+  KvCache& mirror(uint64_t id, int n_layers, int kv_dim, int max_ctx, int dtype) {
+    ++uses;
+    for (Mirror& m : mirrors)
+      if (m.id == id && m.n_layers == n_layers && m.kv_dim == kv_dim && m.max_ctx == max_ctx &&
+          m.dtype == dtype) {
+        m.last_use = uses;
+        return *m.kv;
+      }
+    if (mirrors.size() >= kMaxMirrors) {
+      auto old = std::min_element(mirrors.begin(), mirrors.end(),
+                                  [](const Mirror& a, const Mirror& b) { return a.last_use < b.last_use; });
+      mirrors.erase(old);
+    }
+    Mirror m;
+    m.id = id;
+    m.n_layers = n_layers;
+    m.kv_dim = kv_dim;
+    m.max_ctx = max_ctx;
+    m.dtype = dtype;
+    m.kv = std::make_unique<KvCache>(n_layers, kv_dim, max_ctx, static_cast<DType>(dtype));
+    m.last_use = uses;
+    mirrors.push_back(std::move(m));
+    return *mirrors.back().kv;
+  }
+
+  void step(const std::vector<char>& payload) {
+    Runtime& r = rt();
+    if (!model) fail("got a step but has no model loaded");
+    const auto* p = reinterpret_cast<const int32_t*>(payload.data());
+    const size_t n = payload.size() / sizeof(int32_t);
+    size_t at = 0;
+    auto next = [&]() -> int32_t {
+      if (at >= n) fail("malformed step message from rank 0");
+      return p[at++];
+    };
+    const uint64_t id = static_cast<uint32_t>(next()) | (static_cast<uint64_t>(static_cast<uint32_t>(next())) << 32);
+    const int n_layers = next(), kv_dim = next(), max_ctx = next(), dtype = next();
+    KvCache& kv = mirror(id, n_layers, kv_dim, max_ctx, dtype);
+    std::vector<SeqChunk> batch(static_cast<size_t>(next()));
+    for (SeqChunk& c : batch) {
+      c.slot = next();
+      const int start = next();
+      c.tokens.resize(static_cast<size_t>(next()));
+      for (int& t : c.tokens) t = next();
+      kv.ensure_slot(c.slot);
+      if (start == 0) {
+        kv.reset(c.slot);
+      } else if (start <= kv.length(c.slot)) {
+        kv.set_length(c.slot, start);  // rank 0 rolled back; the prefix is still valid here
+      } else {
+        fail("KV cache out of step with rank 0: slot " + std::to_string(c.slot) + " holds " +
+             std::to_string(kv.length(c.slot)) + " positions here but starts at " +
+             std::to_string(start) + " there");
+      }
+    }
+    ++r.stats.steps;
+    r.layers_done = 0;
+    forward(*model, kv, batch, *pool);
+  }
+};
+
+}  // namespace
+
+// ---- public -------------------------------------------------------------------------------------
+
+const World& init(int* argc, char*** argv) {
+  Runtime& r = rt();
+  static bool done = false;
+  if (done) return r.world;
+  done = true;
+  const bool launched = std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK") ||
+                        std::getenv("PMI_RANK");
+  if (!launched) return r.world;
+  int provided = 0;
+  // Serialized: the command may call forward() from a thread other than main's (a server).
+  if (MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS) {
+    std::fprintf(stderr, "mixtral: MPI_Init_thread failed\n");
+    std::exit(1);
+  }
+  r.world.mpi = true;
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(MPI_COMM_WORLD, &r.world.rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &r.world.size);
+  MPI_Comm_dup(MPI_COMM_WORLD, &r.ctrl);
+  MPI_Comm_dup(MPI_COMM_WORLD, &r.data);
+  MPI_Comm local;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
+  MPI_Comm_size(local, &r.world.local_size);
+  MPI_Comm_free(&local);
+  r.timing = env_long("MIXTRAL_EP_TIMING", 0) != 0;
+  r.check_routing = env_long("MIXTRAL_EP_CHECK", 0) != 0;
+  r.test_rank = static_cast<int>(env_long("MIXTRAL_TEST_RANK", 1));
+  r.die_at_step = env_long("MIXTRAL_TEST_DIE_AT_STEP", -1);
+  r.oom_at_step = env_long("MIXTRAL_TEST_OOM_AT_STEP", -1);
+  return r.world;
+}
+
+const World& world() { return rt().world; }
+
+std::string model_path_for_rank(const std::string& model, int rank) {
+  const std::string var = "MIXTRAL_MODEL_RANK" + std::to_string(rank);
+  if (const char* v = std::getenv(var.c_str()); v && *v) return v;
+  std::string out = model;
+  for (size_t at; (at = out.find("{rank}")) != std::string::npos;) out.replace(at, 6, std::to_string(rank));
+  return out;
+}
+
+int default_threads() {
+  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, hw / std::max(1, world().local_size));
+}
+
+void open_begin() {
+  send_msg(kOpen, {}, static_cast<int64_t>(simd_path()));
+}
+
+void open_end(const Model* m, const std::string& local_error) {
+  Runtime& r = rt();
+  OpenStatus st;
+  st.ok = m != nullptr && local_error.empty();
+  if (st.ok) st.signature = model_signature(*m);
+  std::vector<OpenStatus> all;
+  std::vector<std::string> msgs;
+  gather_open(st, "", &all, &msgs);
+  std::string err = local_error;
+  for (int q = 1; q < r.world.size; ++q) {
+    const OpenStatus& o = all[static_cast<size_t>(q)];
+    std::string why;
+    if (!o.ok) {
+      // The same failure everywhere (e.g. a rank count that does not divide the experts) is
+      // reported once, as rank 0's.
+      if (msgs[static_cast<size_t>(q)] == local_error) continue;
+      why = msgs[static_cast<size_t>(q)];
+    } else if (st.ok && o.signature != st.signature) {
+      why = "its model " + msgs[static_cast<size_t>(q)] +
+            " differs from rank 0's (config, weight types, router or norm weights disagree)";
+    } else {
+      continue;
+    }
+    err += (err.empty() ? "" : "; ") + ("rank " + std::to_string(q) + ": " + why);
+  }
+  if (!err.empty()) fail(err);
+}
+
+void attach_root(Model& m, ThreadPool& pool) {
+  install_runner(m, pool);
+  m.before_step = [&m](const KvCache& kv, const std::vector<SeqChunk>& batch) {
+    Runtime& r = rt();
+    if (r.step_open)
+      abort_job("a step failed between layers while the other ranks were in it");
+    std::vector<int32_t> p;
+    const uint64_t id = reinterpret_cast<uintptr_t>(&kv);
+    p.push_back(static_cast<int32_t>(static_cast<uint32_t>(id)));
+    p.push_back(static_cast<int32_t>(static_cast<uint32_t>(id >> 32)));
+    p.push_back(m.config.n_layers);
+    p.push_back(kv.kv_dim());
+    p.push_back(kv.max_ctx());
+    p.push_back(static_cast<int32_t>(kv.dtype()));
+    p.push_back(static_cast<int32_t>(batch.size()));
+    for (const SeqChunk& c : batch) {
+      p.push_back(c.slot);
+      p.push_back(kv.length(c.slot));
+      p.push_back(static_cast<int32_t>(c.tokens.size()));
+      p.insert(p.end(), c.tokens.begin(), c.tokens.end());
+    }
+    std::vector<char> bytes(p.size() * sizeof(int32_t));
+    std::memcpy(bytes.data(), p.data(), bytes.size());
+    const double t0 = now_s();
+    send_msg(kStep, bytes);
+    r.stats.step_send_seconds += now_s() - t0;
+    ++r.stats.steps;
+    r.layers_done = 0;
+    r.step_open = m.config.n_layers > 0;
+  };
+}
+
+void print_rank_stats(const std::vector<RankStats>& all) {
+  std::fprintf(stderr, "rank  experts  expert_MB  rss_MB  peak_MB  steps  exchanges  sent_MB  recv_MB  exch_s  wait_s  step_msg_s\n");
+  for (const RankStats& s : all)
+    std::fprintf(stderr, "%4d  %3d-%-3d  %9.1f  %6.1f  %7.1f  %5llu  %9llu  %7.2f  %7.2f  %6.3f  %6.3f  %10.3f\n", s.rank,
+                 s.first_expert, s.first_expert + s.n_experts - 1, s.expert_mb, s.rss_mb, s.peak_rss_mb,
+                 static_cast<unsigned long long>(s.comm.steps), static_cast<unsigned long long>(s.comm.calls),
+                 s.comm.bytes_sent / 1048576.0, s.comm.bytes_received / 1048576.0, s.comm.seconds,
+                 s.comm.wait_seconds, s.comm.step_send_seconds);
+}
+
+int finish(int code) {
+  Runtime& r = rt();
+  if (!r.world.mpi) return code;
+  if (r.world.size > 1) {
+    if (r.step_open)
+      abort_job("stopped in the middle of a step by the error above (the other ranks are waiting in it)",
+                code ? code : 1);
+    if (env_long("MIXTRAL_EP_STATS", 0) != 0) print_rank_stats(gather_rank_stats());
+    send_msg(kExit, {}, code);
+  }
+  MPI_Finalize();
+  return code;
+}
+
+int follower_main(const FollowerOptions& o) {
+  Runtime& r = rt();
+  Follower f;
+  f.opt = o;
+  std::vector<char> payload;
+  for (;;) {
+    const double t0 = now_s();
+    const Header h = recv_msg(&payload);
+    switch (h.type) {
+      case kOpen:
+        f.open(h);
+        break;
+      case kStep:
+        r.stats.step_send_seconds += now_s() - t0;  // includes idle time; see CommStats
+        try {
+          f.step(payload);
+        } catch (const std::bad_alloc&) {
+          abort_job("out of memory in step " + std::to_string(r.stats.steps));
+        } catch (const std::exception& e) {
+          abort_job(std::string("step ") + std::to_string(r.stats.steps) + ": " + e.what());
+        }
+        break;
+      case kStats: {
+        const RankStats s = local_rank_stats();
+        check(MPI_Gather(&s, sizeof(RankStats), MPI_BYTE, nullptr, sizeof(RankStats), MPI_BYTE, 0, r.ctrl),
+              "MPI_Gather (stats)");
+        break;
+      }
+      case kExit: {
+        f.mirrors.clear();
+        f.model.reset();
+        f.loaded.reset();
+        f.pool.reset();
+        MPI_Finalize();
+        return static_cast<int>(h.a);
+      }
+      default:
+        abort_job("unknown control message " + std::to_string(h.type) + " from rank 0");
+    }
+  }
+}
+
+void abort_job(const std::string& cause, int code) {
+  const Runtime& r = rt();
+  std::fprintf(stderr, "rank %d: %s\n", r.world.rank, cause.c_str());
+  std::fflush(stderr);
+  int init = 0, fin = 0;
+  MPI_Initialized(&init);
+  MPI_Finalized(&fin);
+  if (init && !fin) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
+CommStats comm_stats() { return rt().stats; }
+
+std::vector<RankStats> gather_rank_stats() {
+  Runtime& r = rt();
+  const RankStats mine = local_rank_stats();
+  if (r.world.size <= 1) return {mine};
+  send_msg(kStats, {});
+  std::vector<RankStats> all(static_cast<size_t>(r.world.size));
+  check(MPI_Gather(&mine, sizeof(RankStats), MPI_BYTE, all.data(), sizeof(RankStats), MPI_BYTE, 0, r.ctrl),
+        "MPI_Gather (stats)");
+  return all;
+}
+
+}  // namespace mx::ep

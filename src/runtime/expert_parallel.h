@@ -1,0 +1,102 @@
+// Expert parallelism over MPI: `mpirun -np N mixtral <command>` splits the experts over N ranks
+// and gives the same bits as one process (docs/distributed.md).
+//
+//   Rank r maps only experts [r*E/N, (r+1)*E/N); embeddings, attention, norms, routers and the
+//   LM head are replicated, and so is the KV cache (every rank runs attention for every token).
+//   Rank 0 runs the command: tokenization, scheduling, sampling and all I/O. Every forward() it
+//   makes first sends the step (cache identity, each chunk's slot, start and tokens) to the
+//   other ranks, which sit in follower_main() and run the same forward without the LM head.
+//   In each layer every rank runs its experts on the (token, j) pairs routed to them, then one
+//   MPI_Allgatherv gives every rank every expert output row; the combine then runs in a fixed
+//   order on all ranks, so hidden states stay identical everywhere.
+//
+// Without mpirun nothing here touches MPI (no daemon is needed); under `mpirun -np 1` MPI is
+// initialized but nothing is distributed.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mx {
+struct Model;
+class ThreadPool;
+}  // namespace mx
+
+namespace mx::ep {
+
+struct World {
+  bool mpi = false;    // MPI_Init ran (launched by mpirun)
+  int rank = 0, size = 1;
+  int local_size = 1;  // ranks on this host (they share its cores)
+};
+
+// Starts MPI only when launched by mpirun (OMPI_COMM_WORLD_SIZE, PMIX_RANK or PMI_RANK in the
+// environment). Call first thing in main; later calls return the same World.
+const World& init(int* argc, char*** argv);
+const World& world();
+inline bool distributed() { return world().size > 1; }
+
+// --model for this rank: $MIXTRAL_MODEL_RANK<r> when set, else `model` with "{rank}" replaced
+// by r (so each host may keep its own folder of shared.bin plus its experts).
+std::string model_path_for_rank(const std::string& model, int rank);
+// Worker threads when --threads is not given: the host's cores shared by its ranks.
+int default_threads();
+
+// ---- rank 0 (called from cli/common.cc open_engine and cli/main.cc) ----
+
+// Tells the other ranks to load their experts; they load while rank 0 does.
+void open_begin();
+// Collects every rank's outcome of loading. `local_error` is rank 0's ("" when it loaded `m`).
+// Throws mx::Error naming each failing rank and its cause ("rank 1: ...: no such file"), or a
+// rank whose model differs from rank 0's. Every rank must reach it, so call it even on failure.
+void open_end(const Model* m, const std::string& local_error);
+// Replaces m.experts with the exchanging runner and sets m.before_step to broadcast each step.
+void attach_root(Model& m, ThreadPool& pool);
+// Ends the job at the end of main: tells the other ranks to exit with `code` and finalizes
+// MPI. If a step was left half done (an exception between layers), the others are blocked
+// inside it, so the job is aborted instead. Returns `code`. No-op without MPI.
+int finish(int code);
+
+// ---- ranks 1..N-1 ----
+
+struct FollowerOptions {
+  bool has_model = false;  // the command line's subcommand takes --model
+  std::string model;       // as given on this rank's command line
+  int threads = 0;         // 0: default_threads()
+};
+// Serves rank 0's requests (open, steps, stats) until it says exit; finalizes MPI and returns
+// the exit code rank 0 sent. Fatal local errors (cannot run a step, out of memory) abort the job.
+int follower_main(const FollowerOptions& o);
+
+// Prints "rank R: cause" to stderr and ends the whole job (MPI_Abort) with `code`.
+[[noreturn]] void abort_job(const std::string& cause, int code = 1);
+
+// ---- measurements (for bench and docs) ----
+
+// This process's expert-exchange traffic since start. `seconds` is the time inside the
+// per-layer collective, which includes waiting for slower ranks; with MIXTRAL_EP_TIMING=1 a
+// barrier before each exchange moves that wait into `wait_seconds`, so `seconds` is transfer.
+struct CommStats {
+  uint64_t calls = 0;           // exchanges (one per layer per step)
+  uint64_t bytes_sent = 0;      // this rank's expert rows × (N-1) receivers
+  uint64_t bytes_received = 0;  // other ranks' expert rows
+  double seconds = 0;           // in MPI_Allgatherv
+  double wait_seconds = 0;      // in the timing barrier (MIXTRAL_EP_TIMING=1 only)
+  uint64_t steps = 0;           // forward steps this rank took part in
+  double step_send_seconds = 0; // broadcasting the step plan (rank 0) / receiving it (others)
+  uint64_t bytes() const { return bytes_sent + bytes_received; }
+};
+CommStats comm_stats();
+
+struct RankStats {
+  int rank = 0;
+  CommStats comm;
+  double rss_mb = 0, peak_rss_mb = 0;  // VmRSS, VmHWM
+  double expert_mb = 0;                // bytes of this rank's expert weights
+  int first_expert = 0, n_experts = 0; // experts it holds
+};
+// On rank 0: every rank's figures, in rank order (one entry without MPI). Call between steps
+// (the other ranks answer from their idle loop). Mem/expert figures need an open engine.
+std::vector<RankStats> gather_rank_stats();
+
+}  // namespace mx::ep
