@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Expert parallelism end to end: `mpirun -np N mixtral ...` must print exactly what one process
+# prints, and faults must end the whole job quickly with a message naming the rank.
+# Usage (ctest): bash tests/mpi_test.sh <mixtral-binary> <source-dir>
+set -u -o pipefail
+
+BIN=$(readlink -f "${1:?usage: mpi_test.sh <mixtral-binary> <source-dir>}")
+SRC=$(readlink -f "${2:?usage: mpi_test.sh <mixtral-binary> <source-dir>}")
+MODEL=$SRC/tests/data/tiny-mixtral/hf
+CASES=$SRC/tests/data/tiny-mixtral/expected.json
+
+command -v mpirun >/dev/null || { echo "FAIL: mpirun not found (apt-get install openmpi-bin)"; exit 1; }
+# The sandbox and CI run as root; loopback TCP is what separate hosts would use.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+export OMPI_MCA_pml=ob1 OMPI_MCA_rmaps_base_oversubscribe=1
+MPIRUN=(timeout 60 mpirun --oversubscribe)
+
+W=$(mktemp -d /tmp/mixtral-mpi-test.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+FAILS=0
+pass() { echo "ok:   $*"; }
+fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
+
+# same <name> <reference file> <file>: byte-for-byte equal, and not empty.
+same() {
+  if [[ -s $2 ]] && cmp -s "$2" "$3"; then pass "$1"; else
+    fail "$1: $3 differs from $2"; diff <(head -c 2000 "$2") <(head -c 2000 "$3") | head -20; fi
+}
+# run <out> <err> cmd...: runs, records the exit code in $RC and the wall time in $SECS.
+run() {
+  local out=$1 err=$2; shift 2
+  local t0=$SECONDS
+  "$@" >"$out" 2>"$err"
+  RC=$?
+  SECS=$((SECONDS - t0))
+}
+
+# Mixed prompt lengths in one batch (1 to ~60 tokens), so chunks of different sizes share steps.
+cat >"$W/prompts.json" <<'EOF'
+["Hi",
+ "The quick brown fox jumps over the lazy dog and then keeps running far into the forest where nobody has been for a long time",
+ {"prompt": "Once upon a time"},
+ "A B C D E F G H I J K L M N O P Q R S T U V W X Y Z 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22",
+ "x",
+ "Translate English to French: cheese =>"]
+EOF
+
+# ---- reference: one process, no mpirun (must not need an MPI daemon) -------------------------
+run "$W/score.ref" "$W/err" "$BIN" score --model "$MODEL" --cases "$CASES"
+[[ $RC == 0 ]] || { fail "score without mpirun exited $RC: $(cat "$W/err")"; exit 1; }
+run "$W/gen.ref" "$W/err" "$BIN" generate --model "$MODEL" -n 16 --temperature 0
+[[ $RC == 0 ]] || fail "generate without mpirun exited $RC: $(cat "$W/err")"
+run "$W/batch.ref" "$W/err" "$BIN" generate --model "$MODEL" --prompts-file "$W/prompts.json" -n 12 --temperature 0 --json
+[[ $RC == 0 ]] || fail "batch generate without mpirun exited $RC: $(cat "$W/err")"
+run "$W/sample.ref" "$W/err" "$BIN" generate --model "$MODEL" --prompts-file "$W/prompts.json" -n 12 --temperature 0.9 --seed 5 --json
+printf 'hello there\nand how are you today?\n' >"$W/chat.in"
+run "$W/chat.ref" "$W/err" "$BIN" chat --model "$MODEL" -n 10 --temperature 0 <"$W/chat.in"
+
+# ---- the same under mpirun -np 1, 2, 4 -------------------------------------------------------
+for np in 1 2 4; do
+  run "$W/score.$np" "$W/err.$np" "${MPIRUN[@]}" -np $np "$BIN" score --model "$MODEL" --cases "$CASES"
+  [[ $RC == 0 ]] || fail "score -np $np exited $RC: $(tail -5 "$W/err.$np")"
+  same "score --cases, -np $np" "$W/score.ref" "$W/score.$np"
+done
+for np in 2 4; do
+  run "$W/gen.$np" "$W/err" "${MPIRUN[@]}" -np $np "$BIN" generate --model "$MODEL" -n 16 --temperature 0
+  same "greedy generate, -np $np" "$W/gen.ref" "$W/gen.$np"
+  run "$W/batch.$np" "$W/err" "${MPIRUN[@]}" -np $np "$BIN" generate --model "$MODEL" --prompts-file "$W/prompts.json" -n 12 --temperature 0 --json
+  same "mixed-length batch, -np $np" "$W/batch.ref" "$W/batch.$np"
+done
+run "$W/sample.2" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" generate --model "$MODEL" --prompts-file "$W/prompts.json" -n 12 --temperature 0.9 --seed 5 --json
+same "sampled batch, -np 2" "$W/sample.ref" "$W/sample.2"
+run "$W/chat.2" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" chat --model "$MODEL" -n 10 --temperature 0 <"$W/chat.in"
+same "chat, -np 2" "$W/chat.ref" "$W/chat.2"
+# Routing check on: every layer compares a routing hash across ranks (they must agree).
+run "$W/score.chk" "$W/err" env MIXTRAL_EP_CHECK=1 "${MPIRUN[@]}" -np 4 "$BIN" score --model "$MODEL" --cases "$CASES"
+same "score with MIXTRAL_EP_CHECK=1, -np 4" "$W/score.ref" "$W/score.chk"
+# Non-engine commands run once, on rank 0 only.
+run "$W/ver" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" --version
+[[ $RC == 0 && $(grep -c mixtral "$W/ver") == 1 ]] && pass "--version under -np 2 prints once" ||
+  fail "--version under -np 2: exit $RC, output: $(cat "$W/ver")"
+
+# ---- a rank count that does not divide the 8 experts ------------------------------------------
+# Each rank records its own exit code through a wrapper, to check that every one is non-zero
+# (mpirun is told not to kill the others when the first one exits, so each gets to write it).
+cat >"$W/wrap.sh" <<EOF
+#!/usr/bin/env bash
+"$BIN" "\$@"
+rc=\$?
+echo \$rc >"$W/rc.\$OMPI_COMM_WORLD_RANK"
+exit \$rc
+EOF
+chmod +x "$W/wrap.sh"
+# ranks_failed <n> cmd...: runs with the wrapper and succeeds when all n ranks exited non-zero.
+ranks_failed() {
+  local n=$1; shift
+  rm -f "$W"/rc.*
+  "${MPIRUN[@]}" --mca orte_abort_on_non_zero_status 0 "$@" >/dev/null 2>&1
+  [[ $(cat "$W"/rc.* 2>/dev/null | grep -cv '^0$') == "$n" ]]
+}
+run "$W/out" "$W/err" "${MPIRUN[@]}" -np 3 "$BIN" score --model "$MODEL" --cases "$CASES"
+if [[ $RC != 0 && $RC != 124 ]] && grep -q "3 ranks do not divide the 8 experts" "$W/err" &&
+   ranks_failed 3 -np 3 "$W/wrap.sh" score --model "$MODEL" --cases "$CASES"; then
+  pass "-np 3: clear error, all 3 ranks exit non-zero (${SECS}s)"
+else
+  fail "-np 3: exit $RC, rank exit codes: $(cat "$W"/rc.* 2>/dev/null | tr '\n' ' '), stderr: $(head -3 "$W/err")"
+fi
+
+# ---- hosts that hold only their own files --------------------------------------------------------
+# Two "hosts" on one machine: each folder has the manifest, shared.bin and only its rank's
+# expert files, as `repack --ranks 2` lists them.
+run "$W/out" "$W/err" "$BIN" repack --model "$MODEL" --out "$W/cache" --ranks 2
+if [[ $RC != 0 ]]; then
+  fail "repack --ranks 2 exited $RC: $(cat "$W/err")"
+else
+  for r in 0 1; do
+    mkdir -p "$W/host$r"
+    cp "$W/cache/manifest.json" "$W/host$r/"
+    for f in $(python3 -c "import json,sys; print(' '.join(json.load(open(sys.argv[1]))['ranks']['files'][$r]))" "$W/cache/manifest.json"); do
+      cp "$W/cache/$f" "$W/host$r/"
+    done
+  done
+  if ls "$W/host0" | grep -q expert-004 || ls "$W/host1" | grep -q expert-003; then
+    fail "host folders hold other ranks' experts: $(ls "$W/host0") / $(ls "$W/host1")"
+  fi
+  # MPMD: each rank gets its own --model, as a hostfile run with per-host paths would.
+  run "$W/score.hosts" "$W/err" "${MPIRUN[@]}" -np 1 "$BIN" score --model "$W/host0" --cases "$CASES" \
+    : -np 1 "$BIN" score --model "$W/host1" --cases "$CASES"
+  same "two hosts with their own expert files (MPMD --model)" "$W/score.ref" "$W/score.hosts"
+  run "$W/score.hosts2" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" score --model "$W/host{rank}" --cases "$CASES"
+  same "two hosts with their own expert files (--model DIR{rank})" "$W/score.ref" "$W/score.hosts2"
+  run "$W/gen.hosts" "$W/err" env MIXTRAL_MODEL_RANK1="$W/host1" "${MPIRUN[@]}" -np 2 "$BIN" generate --model "$W/host0" --prompts-file "$W/prompts.json" -n 12 --temperature 0 --json
+  same "two hosts, mixed batch (MIXTRAL_MODEL_RANK1)" "$W/batch.ref" "$W/gen.hosts"
+
+  # A host missing one of its expert files: the job ends, naming the rank and the file.
+  rm "$W/host1/expert-005.bin"
+  run "$W/out" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" score --model "$W/host{rank}" --cases "$CASES"
+  if [[ $RC != 0 && $RC != 124 ]] && grep -q "rank 1: .*expert-005.bin" "$W/err" &&
+     ranks_failed 2 -np 2 "$W/wrap.sh" score --model "$W/host{rank}" --cases "$CASES"; then
+    pass "missing expert file: rank 1 and the file named, both ranks exit non-zero (${SECS}s)"
+  else
+    fail "missing expert file: exit $RC, rank exit codes: $(cat "$W"/rc.* 2>/dev/null | tr '\n' ' '), stderr: $(head -3 "$W/err")"
+  fi
+fi
+
+# ---- faults in the middle of a run --------------------------------------------------------------
+# A rank killed (SIGKILL) inside step 2, while the other waits for its expert rows.
+for victim in 1 0; do
+  run "$W/out" "$W/err" env MIXTRAL_TEST_RANK=$victim MIXTRAL_TEST_DIE_AT_STEP=2 \
+    "${MPIRUN[@]}" -np 2 "$BIN" generate --model "$MODEL" -n 16 --temperature 0
+  if [[ $RC != 0 && $RC != 124 ]] && grep -qi "rank $victim" "$W/err" && grep -qiE "signal 9|killed" "$W/err"; then
+    pass "rank $victim killed mid-run: job ended with exit $RC in ${SECS}s, rank and signal named"
+  else
+    fail "rank $victim killed mid-run: exit $RC (124 = hung) after ${SECS}s, stderr: $(head -8 "$W/err")"
+  fi
+done
+# Out of memory inside a step, on a follower and on rank 0.
+for victim in 1 0; do
+  run "$W/out" "$W/err" env MIXTRAL_TEST_RANK=$victim MIXTRAL_TEST_OOM_AT_STEP=2 \
+    "${MPIRUN[@]}" -np 4 "$BIN" score --model "$MODEL" --cases "$CASES"
+  if [[ $RC != 0 && $RC != 124 ]] && grep -q "rank $victim: " "$W/err" && grep -qi "out of memory" "$W/err"; then
+    pass "rank $victim out of memory mid-step: job ended with exit $RC in ${SECS}s, rank and cause named"
+  else
+    fail "rank $victim out of memory mid-step: exit $RC (124 = hung) after ${SECS}s, stderr: $(head -8 "$W/err")"
+  fi
+done
+
+# A rank killed from outside while the job is idle (chat waiting for its first line).
+cat >"$W/pidwrap.sh" <<EOF
+#!/usr/bin/env bash
+echo \$\$ >"$W/pid.\$OMPI_COMM_WORLD_RANK"
+exec "$BIN" "\$@"
+EOF
+chmod +x "$W/pidwrap.sh"
+mkfifo "$W/stdin"
+exec 3<>"$W/stdin"  # held open: chat's stdin never reaches EOF
+for victim in 1 0; do
+  rm -f "$W"/pid.* "$W/chat.rc"
+  t0=$SECONDS
+  ("${MPIRUN[@]}" -np 2 "$W/pidwrap.sh" chat --model "$MODEL" <"$W/stdin" >"$W/out" 2>"$W/err"; echo $? >"$W/chat.rc") &
+  job=$!
+  for _ in $(seq 100); do [[ -s $W/pid.0 && -s $W/pid.1 ]] && break; sleep 0.1; done
+  sleep 1  # let both ranks load and go idle
+  [[ -s $W/pid.$victim ]] && kill -9 "$(cat "$W/pid.$victim")"
+  wait $job
+  RC=$(cat "$W/chat.rc" 2>/dev/null || echo missing)
+  if [[ $RC != 0 && $RC != 124 && $RC != missing ]] && grep -qiE "signal 9|killed" "$W/err" && ((SECONDS - t0 < 25)); then
+    pass "rank $victim killed while idle: job ended with exit $RC in $((SECONDS - t0))s"
+  else
+    fail "rank $victim killed while idle: exit $RC (124 = hung) after $((SECONDS - t0))s, stderr: $(head -8 "$W/err")"
+  fi
+done
+exec 3>&-
+
+if [[ $FAILS != 0 ]]; then echo "$FAILS check(s) failed"; exit 1; fi
+echo "all MPI checks passed"
