@@ -5,7 +5,7 @@
 namespace mx::cli {
 
 std::vector<Command> all_commands(CLI::App& app) {
-  return {add_generate(app), add_chat(app), add_score(app), add_make_tiny(app), add_repack(app), add_bench(app)};
+  return {add_generate(app), add_chat(app), add_score(app), add_make_tiny(app), add_repack(app), add_bench(app), add_demo(app)};
 }
 
 void abort_all_ranks(int code) {
