@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "formats/error.h"
+#include "kernels/dtype.h"
 #include "runtime/demo_limits.h"
 #include "runtime/demo_prompts.h"
 #include "runtime/demo_report.h"
@@ -150,7 +151,7 @@ int run(DemoArgs& a) {
   DemoSetup setup;
   setup.model = a.engine.model;
   setup.mode = a.mode;
-  setup.kv_dtype = a.engine.kv_dtype;
+  setup.kv_dtype = dtype_info(e.kv_dtype).name;
   setup.prompts_source = source;
   setup.instruct = a.instruct;
   setup.long_context = a.long_context;
