@@ -3,8 +3,12 @@
 //   build-*/bin/kernels_bench [--benchmark_filter=...]; MIXTRAL_SIMD picks the path.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "kernels/ceilings.h"
@@ -22,47 +26,62 @@ ThreadPool& pool() {
   return p;
 }
 
+// Weight copies rotated through so every call streams from DRAM (their total exceeds the LLC
+// several times over), each 64-byte aligned as the loaders map tensors.
 struct Weights {
-  std::vector<uint8_t> data;
-  MatView view;
+  uint8_t* base = nullptr;
+  size_t bytes = 0;  // one copy
+  std::vector<MatView> copies;
+  ~Weights() { std::free(base); }
 };
 
-// Random weights of any dtype (valid blocks: random packed quants, sane fp16 scales). Cached
-// per (dtype, rows, cols) so several benchmarks share one allocation.
+// Random weights of any dtype (valid blocks: random packed quants, sane fp16 scales). One
+// (dtype, shape) is kept at a time.
 const Weights& weights(DType t, int64_t rows, int64_t cols) {
-  static std::vector<std::pair<std::tuple<int, int64_t, int64_t>, Weights*>> cache;
-  const auto key = std::make_tuple(static_cast<int>(t), rows, cols);
-  for (auto& [k, w] : cache)
-    if (k == key) return *w;
-  auto* w = new Weights;
+  static std::unique_ptr<Weights> cur;
+  static std::tuple<int, int64_t, int64_t> key{-1, 0, 0};
+  const auto k = std::make_tuple(static_cast<int>(t), rows, cols);
+  if (cur && key == k) return *cur;
+  cur.reset();
+  auto w = std::make_unique<Weights>();
   const size_t rb = row_bytes(t, cols);
-  w->data.resize(rb * static_cast<size_t>(rows));
-  std::mt19937 rng(42);
-  for (size_t i = 0; i < w->data.size(); i += 4) {
-    const uint32_t v = rng();
-    std::memcpy(&w->data[i], &v, std::min<size_t>(4, w->data.size() - i));
+  w->bytes = rb * static_cast<size_t>(rows);
+  const size_t stride = (w->bytes + 4095) & ~size_t{4095};
+  const size_t n = std::clamp<size_t>((size_t{160} << 20) / w->bytes + 1, 1, 64);
+  w->base = static_cast<uint8_t*>(std::aligned_alloc(4096, stride * n));
+  uint8_t* first = w->base;
+  std::mt19937_64 rng(42);
+  for (size_t i = 0; i + 8 <= w->bytes; i += 8) {
+    const uint64_t v = rng();
+    std::memcpy(first + i, &v, 8);
   }
   const DTypeInfo& info = dtype_info(t);
   const uint16_t h = f32_to_f16(0.01f), b = f32_to_bf16(0.01f);
   for (int64_t r = 0; r < rows; ++r) {
-    uint8_t* row = w->data.data() + r * rb;
+    uint8_t* row = first + r * rb;
     if (t == DType::BF16) {
       for (int64_t i = 0; i < cols; ++i) std::memcpy(row + 2 * i, &b, 2);
     } else if (t == DType::F16) {
       for (int64_t i = 0; i < cols; ++i) std::memcpy(row + 2 * i, &h, 2);
+    } else if (t == DType::F32) {
+      const float f = 0.01f;
+      for (int64_t i = 0; i < cols; ++i) std::memcpy(row + 4 * i, &f, 4);
     } else if (info.quantized) {
-      for (int64_t k = 0; k < cols / info.block_elems; ++k) {
-        uint8_t* blk = row + k * info.block_bytes;
-        const int off = t == DType::Q6_K ? 208 : 0;
-        std::memcpy(blk + off, &h, 2);
+      for (int64_t k2 = 0; k2 < cols / info.block_elems; ++k2) {
+        uint8_t* blk = row + k2 * info.block_bytes;
+        std::memcpy(blk + (t == DType::Q6_K ? 208 : 0), &h, 2);
         if (t == DType::Q4_1 || t == DType::Q5_1 || t == DType::Q4_K || t == DType::Q5_K)
           std::memcpy(blk + 2, &h, 2);
       }
     }
   }
-  w->view = MatView{t, w->data.data(), rows, cols, rb};
-  cache.push_back({key, w});
-  return *w;
+  for (size_t c = 0; c < n; ++c) {
+    if (c) std::memcpy(w->base + c * stride, first, w->bytes);
+    w->copies.push_back(MatView{t, w->base + c * stride, rows, cols, rb});
+  }
+  cur = std::move(w);
+  key = k;
+  return *cur;
 }
 
 void BM_matmul(benchmark::State& state, DType t, int64_t rows, int64_t cols) {
@@ -72,13 +91,15 @@ void BM_matmul(benchmark::State& state, DType t, int64_t rows, int64_t cols) {
   std::mt19937 rng(1);
   std::normal_distribution<float> g;
   for (float& v : x) v = g(rng);
+  size_t c = 0;
   for (auto _ : state) {
-    matmul(w.view, x.data(), n, y.data(), pool());
+    matmul(w.copies[c], x.data(), n, y.data(), pool());
+    c = (c + 1) % w.copies.size();
     benchmark::ClobberMemory();
   }
   const double iters = static_cast<double>(state.iterations());
   state.counters["weight_bytes/s"] = benchmark::Counter(
-      iters * static_cast<double>(w.data.size()), benchmark::Counter::kIsRate);
+      iters * static_cast<double>(w.bytes), benchmark::Counter::kIsRate);
   state.counters["ops/s"] = benchmark::Counter(
       iters * 2.0 * static_cast<double>(rows) * cols * n, benchmark::Counter::kIsRate);
   state.SetLabel(simd_path_name(simd_path()));

@@ -16,6 +16,9 @@
 // GCC -O2 does not completely unroll short fixed-count loops; register tiles (arrays of
 // vectors indexed by such loops) would then live on the stack.
 #define MX_UNROLL _Pragma("GCC unroll 16")
+#ifndef MX_GEMV_WIDE
+#define MX_GEMV_WIDE (28 * 1024)
+#endif
 
 namespace mx::mmk {
 namespace {
@@ -45,11 +48,14 @@ inline void call_tile(int nr, int nt, const MatView& w, const Prepared& p, int64
 // hardware prefetcher follows better than several interleaved row streams. Larger activations
 // would be re-read from L2 for every row and stall the stream, so then MRV rows share each
 // activation load.
-template <class K, int MR, int MT, int MRV = 4>
+#ifndef MX_MRV
+#define MX_MRV 4
+#endif
+template <class K, int MR, int MT, int MRV = MX_MRV>
 void drive(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y, int64_t ldy) {
   const int64_t T = p.n_tokens;
   if (T == 1) {
-    const int64_t step = p.act_bytes > 28 * 1024 ? MRV : 1;
+    const int64_t step = p.act_bytes > MX_GEMV_WIDE ? MRV : 1;
     for (int64_t r = r0; r < r1; r += step) {
       const int nr = static_cast<int>(r1 - r < step ? r1 - r : step);
       call_tile<K, MRV, 1>(nr, 1, w, p, r, 0, y, ldy);
