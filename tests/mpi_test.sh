@@ -73,6 +73,9 @@ run "$W/sample.2" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" generate --model "$MODEL"
 same "sampled batch, -np 2" "$W/sample.ref" "$W/sample.2"
 run "$W/chat.2" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" chat --model "$MODEL" -n 10 --temperature 0 <"$W/chat.in"
 same "chat, -np 2" "$W/chat.ref" "$W/chat.2"
+# Thread counts must not matter either (each rank oversubscribed with 2 threads here).
+run "$W/score.t2" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" score --model "$MODEL" --cases "$CASES" --threads 2
+same "score --cases, -np 2 --threads 2" "$W/score.ref" "$W/score.t2"
 # Routing check on: every layer compares a routing hash across ranks (they must agree).
 run "$W/score.chk" "$W/err" env MIXTRAL_EP_CHECK=1 "${MPIRUN[@]}" -np 4 "$BIN" score --model "$MODEL" --cases "$CASES"
 same "score with MIXTRAL_EP_CHECK=1, -np 4" "$W/score.ref" "$W/score.chk"

@@ -356,7 +356,7 @@ struct Follower {
   std::unique_ptr<Model> model;
   std::vector<Mirror> mirrors;
   uint64_t uses = 0;
-  static constexpr size_t kMaxMirrors = 4;
+  static constexpr size_t kMaxMirrors = 3;  // rank 0 rarely has more than two caches alive
 
   void open(const Header& h) {
     Runtime& r = rt();
