@@ -1,0 +1,360 @@
+#include "formats/repack.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "formats/error.h"
+#include "formats/model_loader.h"
+#include "formats/safetensors_writer.h"
+#include "formats/weight_cache.h"
+#include "kernels/quant_blocks.h"
+#include "kernels/thread_pool.h"
+
+namespace fs = std::filesystem;
+
+namespace mx {
+
+namespace {
+
+bool is_norm(const std::string& name, const Tensor& t) {
+  const std::string tail = name.substr(name.rfind('.') + 1);
+  return t.shape.size() == 1 || tail == "norm" || tail == "attention_norm" || tail == "ffn_norm";
+}
+
+bool is_gate(const std::string& name) {
+  return name.size() >= 5 && name.compare(name.size() - 5, 5, ".gate") == 0;
+}
+
+// The dtype a tensor is stored in; appends to `notes` when it cannot take the requested one.
+DType target_dtype(const std::string& mode, const std::string& name, const Tensor& t,
+                   std::vector<std::string>& notes) {
+  if (is_norm(name, t)) return DType::F32;  // tiny, and the model wants them in f32 anyway
+  if (mode == "keep") return t.dtype;
+  if (mode == "f32") return DType::F32;
+  if (mode == "bf16") return DType::BF16;
+  // q8 / q4. The router decides which experts run; llama.cpp keeps it unquantized too.
+  if (is_gate(name)) return DType::F32;
+  if (t.cols() % QK != 0) {
+    notes.push_back(name + " kept in f32: its rows have " + std::to_string(t.cols()) +
+                    " columns, not a multiple of the 32-element " + mode + " block");
+    return DType::F32;
+  }
+  return mode == "q8" ? DType::Q8_0 : DType::Q4_0;
+}
+
+// Writes one tensor at the next 64-byte boundary of `w`, converting row by row when the
+// dtype changes; a few MiB of buffers whatever the tensor's size.
+void write_tensor(FileWriter& w, const Tensor& t, DType out, ThreadPool& pool,
+                  std::vector<std::vector<float>>& scratch, std::vector<uint8_t>& outbuf) {
+  if (out == t.dtype) {
+    w.write(t.data, t.nbytes());
+    return;
+  }
+  const int64_t cols = t.cols(), rows = t.rows();
+  const size_t out_row = row_bytes(out, cols);
+  const int64_t batch = std::max<int64_t>(1, static_cast<int64_t>((size_t{8} << 20) / std::max<size_t>(out_row, 1)));
+  outbuf.resize(static_cast<size_t>(std::min(batch, rows)) * out_row);
+  for (auto& s : scratch) s.resize(static_cast<size_t>(cols));
+  std::atomic<bool> unsupported{false};
+  for (int64_t r0 = 0; r0 < rows; r0 += batch) {
+    const int64_t n = std::min(batch, rows - r0);
+    pool.parallel_for(n, [&](int64_t b, int64_t e, int ti) {
+      float* tmp = scratch[static_cast<size_t>(ti)].data();
+      for (int64_t r = b; r < e; ++r) {
+        dequantize_row(t.dtype, t.row(r0 + r), tmp, cols);
+        if (!quantize_row(out, tmp, outbuf.data() + static_cast<size_t>(r) * out_row, cols))
+          unsupported = true;
+      }
+    }, 16);
+    if (unsupported)
+      fail(t.name + ": cannot encode " + std::string(dtype_info(out).name) + " tensors");
+    w.write(outbuf.data(), static_cast<size_t>(n) * out_row);
+  }
+}
+
+// Drops the source pages of a tensor already written from this process's mapping, so that
+// resident memory stays small on a 90 GB source (the page cache may still keep them). Only
+// ranges inside the store's mmapped files: owned buffers may back tensors not yet written.
+void release_source(const LoadedModel& m, const Tensor& t) {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto b = reinterpret_cast<uintptr_t>(t.data), e = b + t.nbytes();
+  for (const auto& f : m.store.files) {
+    const auto fb = reinterpret_cast<uintptr_t>(f->data()), fe = fb + f->size();
+    if (b < fb || e > fe) continue;
+    // Whole pages only (the mapping starts page-aligned); neighbours simply fault back in.
+    const uintptr_t s = b / page * page, end = std::min(fe, (e + page - 1) / page * page);
+    if (end > s) ::madvise(reinterpret_cast<void*>(s), end - s, MADV_DONTNEED);
+    return;
+  }
+}
+
+// Canonical names in the order they are written: shared tensors, then each expert's.
+std::vector<std::string> shared_order(const LoadedModel& m) {
+  std::vector<std::string> names = {"tok_embeddings", "norm", "output"};
+  for (int l = 0; l < m.config.n_layers; ++l) {
+    const std::string L = "layers." + std::to_string(l) + ".";
+    for (const char* s : {"attention_norm", "attention.wq", "attention.wk", "attention.wv",
+                          "attention.wo", "ffn_norm", "gate"})
+      names.push_back(L + s);
+  }
+  // Anything else a loader provided (none today) goes along, after the known ones.
+  std::set<std::string> known(names.begin(), names.end());
+  for (const auto& [name, t] : m.store.tensors)
+    if (canonical_expert(name) < 0 && !known.count(name)) names.push_back(name);
+  return names;
+}
+
+std::vector<std::string> expert_order(const LoadedModel& m, int e) {
+  std::vector<std::string> names;
+  for (int l = 0; l < m.config.n_layers; ++l)
+    for (const char* w : {"w1", "w3", "w2"})
+      names.push_back("layers." + std::to_string(l) + ".experts." + std::to_string(e) + "." + w);
+  std::set<std::string> known(names.begin(), names.end());
+  for (const auto& [name, t] : m.store.tensors)
+    if (canonical_expert(name) == e && !known.count(name)) names.push_back(name);
+  return names;
+}
+
+void fsync_dir(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;  // best effort: some filesystems refuse directory fds
+  ::fsync(fd);
+  ::close(fd);
+}
+
+bool looks_like_cache(const fs::path& dir) {
+  std::ifstream f(dir / kCacheManifest);
+  if (!f) return false;
+  std::string head(4096, '\0');
+  f.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(f.gcount()));
+  return head.find(kCacheFormatName) != std::string::npos;
+}
+
+// Why an existing cache is not up to date, or "" when it is.
+std::string stale_reason(const fs::path& out, const RepackOptions& o,
+                         const std::vector<SourceFileStamp>& stamps) {
+  CacheManifest mf;
+  try {
+    mf = read_cache_manifest(out.string());
+  } catch (const Error& e) {
+    return std::string("its manifest is unreadable (") + e.what() + ")";
+  }
+  if (mf.dtype != o.dtype) return "it was written with --dtype " + mf.dtype;
+  if (mf.ranks != o.ranks)
+    return mf.ranks ? "it was written with --ranks " + std::to_string(mf.ranks)
+                    : "it was written without --ranks";
+  if (mf.source_files != stamps) return "the source changed (or is another checkpoint)";
+  for (const auto& f : mf.files) {
+    std::error_code ec;
+    const auto size = fs::file_size(out / f.name, ec);
+    if (ec || size != f.size) return f.name + " is missing or has the wrong size";
+  }
+  return "";
+}
+
+// Moves the finished `tmp` to `out`, replacing an old cache there without a moment where a
+// half-written folder is visible under `out`.
+void install(const fs::path& tmp, const fs::path& out) {
+  std::error_code ec;
+  if (!fs::exists(out)) {
+    fs::rename(tmp, out, ec);
+    if (ec) fail(out.string() + ": cannot rename " + tmp.string() + " to it: " + ec.message());
+  } else if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, out.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(tmp, ec);  // now holds the old cache
+  } else {
+    // No atomic exchange on this filesystem: move the old one aside first.
+    const fs::path old = out.string() + ".old-" + std::to_string(::getpid());
+    fs::remove_all(old, ec);
+    fs::rename(out, old, ec);
+    if (ec) fail(out.string() + ": cannot move the old cache aside: " + ec.message());
+    fs::rename(tmp, out, ec);
+    if (ec) fail(out.string() + ": cannot rename " + tmp.string() + " to it: " + ec.message());
+    fs::remove_all(old, ec);
+  }
+  fsync_dir(out.parent_path());
+}
+
+std::string mb(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MB", static_cast<double>(bytes) / 1e6);
+  return buf;
+}
+
+}  // namespace
+
+RepackResult repack(const RepackOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto log = [&](const std::string& s) {
+    if (o.log) o.log(s);
+  };
+  static const std::set<std::string> modes = {"keep", "f32", "bf16", "q8", "q4"};
+  if (!modes.count(o.dtype))
+    fail("--dtype must be one of keep, f32, bf16, q8, q4; not '" + o.dtype + "'");
+  if (o.ranks < 0) fail("--ranks must be >= 1");
+  if (o.out.empty()) fail("--out: no folder given");
+  fs::path out = fs::absolute(fs::path(o.out)).lexically_normal();
+  if (out.filename().empty()) out = out.parent_path();  // "dir/" → "dir"
+  if (!fs::exists(o.model)) fail(o.model + ": no such file or folder");
+  const fs::path src = fs::absolute(fs::path(o.model)).lexically_normal();
+  if (src == out || (fs::is_regular_file(src) && src.parent_path() == out))
+    fail(o.out + ": is the source itself; choose another --out");
+
+  RepackResult res;
+  res.out = out.string();
+  const std::vector<SourceFileStamp> stamps = fingerprint_source(o.model);
+  if (fs::exists(out)) {
+    if (!fs::is_directory(out)) fail(o.out + ": exists and is not a folder");
+    if (looks_like_cache(out)) {
+      const std::string why = stale_reason(out, o, stamps);
+      if (why.empty()) {
+        res.cache_hit = true;
+        return res;
+      }
+      log("rebuilding " + out.string() + ": " + why);
+    } else if (!fs::is_empty(out)) {
+      fail(o.out + ": exists, is not empty and holds no mixtral cache; refusing to replace it "
+           "(choose another --out or remove it)");
+    }
+  }
+  fs::create_directories(out.parent_path());
+  for (const auto& e : fs::directory_iterator(out.parent_path()))
+    if (e.path().filename().string().rfind(out.filename().string() + ".tmp-", 0) == 0)
+      log("note: " + e.path().string() + " is left over from an interrupted repack; delete it");
+
+  const LoadedModel m = load_model(o.model);
+  const ModelConfig& c = m.config;
+  if (o.ranks > 0 && c.n_experts % o.ranks != 0)
+    fail("--ranks " + std::to_string(o.ranks) + " does not divide the model's " +
+         std::to_string(c.n_experts) + " experts");
+
+  const fs::path tmp = out.string() + ".tmp-" + std::to_string(::getpid());
+  std::error_code ec;
+  fs::remove_all(tmp, ec);  // ours from a previous process with this pid: never a live one
+  fs::create_directory(tmp, ec);
+  if (ec) fail(tmp.string() + ": cannot create: " + ec.message());
+
+  try {
+    CacheManifest mf;
+    mf.created_by = std::string("mixtral ") + MIXTRAL_VERSION;
+    mf.dtype = o.dtype;
+    mf.config = c;
+    mf.source_path = src.string();
+    mf.source_layout = m.layout;
+    mf.source_files = stamps;
+    mf.bos_id = m.tokenizer.bos_id;
+    mf.eos_id = m.tokenizer.eos_id;
+    mf.unk_id = m.tokenizer.unk_id;
+    mf.add_dummy_prefix = m.tokenizer.add_dummy_prefix;
+    mf.chat_template = m.tokenizer.chat_template;
+
+    ThreadPool pool(o.threads);
+    std::vector<std::vector<float>> scratch(static_cast<size_t>(pool.size()));
+    std::vector<uint8_t> outbuf;
+    const std::string header = cache_file_header();
+
+    auto write_file = [&](const std::string& fname, const std::string& kind, int expert,
+                          const std::vector<std::string>& names) {
+      const auto f0 = std::chrono::steady_clock::now();
+      FileWriter w((tmp / fname).string());
+      w.write(header.data(), header.size());
+      for (const auto& name : names) {
+        const Tensor& t = m.store.get(name);
+        const DType out_t = target_dtype(o.dtype, name, t, mf.notes);
+        w.pad_to(kCacheAlignment);
+        CacheTensorEntry e;
+        e.name = name;
+        e.file = fname;
+        e.offset = w.offset();
+        e.dtype = out_t;
+        e.shape = t.shape;
+        e.nbytes = static_cast<uint64_t>(t.rows()) * row_bytes(out_t, t.cols());
+        e.expert = expert;
+        write_tensor(w, t, out_t, pool, scratch, outbuf);
+        release_source(m, t);
+        mf.tensors.push_back(std::move(e));
+      }
+      CacheFileEntry fe;
+      fe.name = fname;
+      fe.kind = kind;
+      fe.expert = expert;
+      fe.size = w.offset();
+      fe.hash = w.close(o.sync);
+      mf.files.push_back(fe);
+      res.bytes += fe.size;
+      ++res.files;
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
+      char took[32];
+      std::snprintf(took, sizeof took, " in %.2f s", s);
+      log(fname + ": " + mb(fe.size) + took);
+    };
+
+    write_file(kCacheSharedFile, "shared", -1, shared_order(m));
+    for (int e = 0; e < c.n_experts; ++e) write_file(cache_expert_file(e), "expert", e, expert_order(m, e));
+
+    auto add_small = [&](const std::string& fname, const std::string& bytes) {
+      FileWriter w((tmp / fname).string(), 1 << 20);
+      w.write(bytes.data(), bytes.size());
+      CacheFileEntry fe;
+      fe.name = fname;
+      fe.kind = "tokenizer";
+      fe.size = w.offset();
+      fe.hash = w.close(o.sync);
+      mf.files.push_back(fe);
+    };
+    if (!m.tokenizer.model_path.empty()) {
+      std::ifstream f(m.tokenizer.model_path, std::ios::binary);
+      if (!f) fail(m.tokenizer.model_path + ": cannot read the tokenizer to copy it");
+      std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      add_small("tokenizer.model", bytes);
+      mf.tokenizer_model_file = "tokenizer.model";
+    }
+    if (!m.tokenizer.pieces.empty()) {
+      add_small("tokenizer.json", tokenizer_vocab_to_json(m.tokenizer));
+      mf.tokenizer_vocab_file = "tokenizer.json";
+    }
+    if (o.dtype == "q8" || o.dtype == "q4")
+      mf.notes.push_back("router weights (layers.*.gate) kept in f32: they choose the experts");
+    if (mf.tokenizer_model_file.empty() && mf.tokenizer_vocab_file.empty())
+      mf.notes.push_back("the source has no tokenizer; the cache has none either");
+
+    if (o.ranks > 0) {
+      mf.ranks = o.ranks;
+      const int per = c.n_experts / o.ranks;
+      for (int r = 0; r < o.ranks; ++r) {
+        std::vector<std::string> files;
+        for (const auto& f : mf.files)
+          if (f.kind != "expert" || (f.expert >= r * per && f.expert < (r + 1) * per))
+            files.push_back(f.name);
+        mf.rank_files.push_back(files);
+      }
+    }
+
+    // The manifest last: its presence is what makes the folder a cache.
+    const std::string text = manifest_to_json(mf);
+    parse_cache_manifest(text, (tmp / kCacheManifest).string());  // what we write must read back
+    FileWriter w((tmp / kCacheManifest).string(), 1 << 20);
+    w.write(text.data(), text.size());
+    w.close(o.sync);
+    if (o.sync) fsync_dir(tmp);
+    install(tmp, out);
+    res.notes = mf.notes;
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return res;
+}
+
+}  // namespace mx
