@@ -1,4 +1,0 @@
-#include "formats/loaded_model.h"
-#include "formats/error.h"
-namespace mx {
-}
