@@ -83,7 +83,8 @@ struct CommStats {
   double seconds = 0;           // in MPI_Allgatherv
   double wait_seconds = 0;      // in the timing barrier (MIXTRAL_EP_TIMING=1 only)
   uint64_t steps = 0;           // forward steps this rank took part in
-  double step_send_seconds = 0; // broadcasting the step plan (rank 0) / receiving it (others)
+  double step_send_seconds = 0; // rank 0: broadcasting step plans; others: waiting for them
+                                // (includes rank 0's sampling, I/O and idle time)
   uint64_t bytes() const { return bytes_sent + bytes_received; }
 };
 CommStats comm_stats();
