@@ -576,7 +576,7 @@ void attach_root(Model& m, ThreadPool& pool) {
 void print_rank_stats(const std::vector<RankStats>& all) {
   std::fprintf(stderr, "rank  experts  expert_MB  rss_MB  peak_MB  steps  exchanges  sent_MB  recv_MB  exch_s  wait_s  step_msg_s\n");
   for (const RankStats& s : all)
-    std::fprintf(stderr, "%4d  %3d-%-3d  %9.1f  %6.1f  %7.1f  %5llu  %9llu  %7.2f  %7.2f  %6.3f  %6.3f  %10.3f\n", s.rank,
+    std::fprintf(stderr, "%4d  %3d-%-3d  %9.1f  %6.1f  %7.1f  %5llu  %9llu  %7.2f  %7.2f  %6.4f  %6.4f  %10.4f\n", s.rank,
                  s.first_expert, s.first_expert + s.n_experts - 1, s.expert_mb, s.rss_mb, s.peak_rss_mb,
                  static_cast<unsigned long long>(s.comm.steps), static_cast<unsigned long long>(s.comm.calls),
                  s.comm.bytes_sent / 1048576.0, s.comm.bytes_received / 1048576.0, s.comm.seconds,
