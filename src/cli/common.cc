@@ -48,8 +48,8 @@ Engine open_engine(const EngineOptions& o) {
   const ep::World& w = ep::world();
   Engine e;
   e.kv_dtype = parse_kv_dtype(o.kv_dtype);
-  // Ranks sharing a host share its cores.
-  e.pool = std::make_unique<ThreadPool>(o.threads > 0 ? o.threads : w.local_size > 1 ? ep::default_threads() : 0);
+  // Under mpirun, ranks sharing a host share its cores.
+  e.pool = std::make_unique<ThreadPool>(o.threads > 0 ? o.threads : w.mpi ? ep::default_threads() : 0);
   const LoadOptions lo{w.rank, w.size};
   const std::string path = w.mpi ? ep::model_path_for_rank(o.model, w.rank) : o.model;
   auto load = [&] {

@@ -2,6 +2,7 @@
 
 #include <mpi.h>
 #include <sched.h>
+#include <sys/sysinfo.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -102,6 +103,18 @@ MPI_Datatype row_type(int dim) {
   check(MPI_Type_commit(&t), "MPI_Type_commit");
   r.row_types.push_back({dim, t});
   return t;
+}
+
+// Local rank i of n gets CPUs [i*k, (i+1)*k) with k = online CPUs / n; all of them when the
+// host is oversubscribed.
+void share_host_cpus(int local_rank, int local_size) {
+  const int n = get_nprocs();
+  const int k = n / std::max(1, local_size);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int c = 0; c < n && c < CPU_SETSIZE; ++c)
+    if (k == 0 || (c >= local_rank * k && c < (local_rank + 1) * k)) CPU_SET(c, &set);
+  sched_setaffinity(0, sizeof set, &set);  // best effort: a cpuset may narrow it further
 }
 
 // ---- control channel ------------------------------------------------------------------------
@@ -483,9 +496,15 @@ const World& init(int* argc, char*** argv) {
   MPI_Comm_dup(MPI_COMM_WORLD, &r.ctrl);
   MPI_Comm_dup(MPI_COMM_WORLD, &r.data);
   MPI_Comm local;
+  int local_rank = 0;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
   MPI_Comm_size(local, &r.world.local_size);
+  MPI_Comm_rank(local, &local_rank);
   MPI_Comm_free(&local);
+  // OpenMPI binds each rank to a single core by default when np <= 2, which would leave a rank
+  // that is alone on its host one core for all its threads. Unless a binding was asked for
+  // (--bind-to sets OMPI_MCA_hwloc_base_binding_policy), give each rank its share of the host.
+  if (!std::getenv("OMPI_MCA_hwloc_base_binding_policy")) share_host_cpus(local_rank, r.world.local_size);
   r.timing = env_long("MIXTRAL_EP_TIMING", 0) != 0;
   r.check_routing = env_long("MIXTRAL_EP_CHECK", 0) != 0;
   r.test_rank = static_cast<int>(env_long("MIXTRAL_TEST_RANK", 1));
@@ -505,8 +524,13 @@ std::string model_path_for_rank(const std::string& model, int rank) {
 }
 
 int default_threads() {
+  // The host's share, capped by the CPUs this rank may run on (an explicit binding).
   const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return std::max(1, hw / std::max(1, world().local_size));
+  int n = std::max(1, hw / std::max(1, world().local_size));
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) n = std::min(n, CPU_COUNT(&set));
+  return n;
 }
 
 void open_begin() {
