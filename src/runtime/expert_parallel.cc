@@ -121,6 +121,8 @@ void share_host_cpus(int local_rank, int local_size) {
 
 void send_msg(int64_t type, const std::vector<char>& payload, int64_t a = 0, int64_t b = 0) {
   Runtime& r = rt();
+  // The others are still inside a step rank 0 abandoned (an exception between layers).
+  if (r.step_open) abort_job("a step failed between layers while the other ranks were in it");
   Header h{type, static_cast<int64_t>(payload.size()), a, b};
   // Followers wait with a non-blocking broadcast (so they can sleep), and MPI requires the
   // root to match it with a non-blocking one too.
@@ -569,8 +571,6 @@ void attach_root(Model& m, ThreadPool& pool) {
   install_runner(m, pool);
   m.before_step = [&m](const KvCache& kv, const std::vector<SeqChunk>& batch) {
     Runtime& r = rt();
-    if (r.step_open)
-      abort_job("a step failed between layers while the other ranks were in it");
     std::vector<int32_t> p;
     const uint64_t id = reinterpret_cast<uintptr_t>(&kv);
     p.push_back(static_cast<int32_t>(static_cast<uint32_t>(id)));
