@@ -21,7 +21,5 @@ Command add_demo(CLI::App& app);
 Command add_bench(CLI::App& app);
 
 std::vector<Command> all_commands(CLI::App& app);
-// Ends every MPI rank after a fatal error on this one (no-op without MPI).
-void abort_all_ranks(int code);
 
 }  // namespace mx::cli

@@ -13,6 +13,7 @@
 #include "kernels/matmul.h"
 #include "kernels/thread_pool.h"
 #include "model/forward.h"
+#include "runtime/expert_parallel.h"
 #include "runtime/sampling.h"
 
 namespace mx {
@@ -118,9 +119,11 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
   {
     const std::vector<int> prompt = random_tokens(o.prompt);
     forward(m, kv, {{0, std::vector<int>(prompt.begin(), prompt.begin() + std::min(8, o.prompt)), false, true}}, pool);  // warm-up
+    const double comm0 = ep::comm_stats().seconds;
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<float> lg = forward(m, kv, {{0, prompt, false, true}}, pool);
     const double tp = seconds_since(t0);
+    r.prefill_comm_share = (ep::comm_stats().seconds - comm0) / tp;
     const int next = argmax(lg.data(), c.vocab);
     forward(m, kv, {{0, {next}, false, false}}, pool);
     r.ttft_ms = seconds_since(t0) * 1e3;
@@ -150,6 +153,7 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
     lg = forward(m, kv, batch, pool);  // warm-up step
     next_batch();
     expert_layer_runs = 0;
+    const double comm0 = ep::comm_stats().seconds;
     const auto t0 = std::chrono::steady_clock::now();
     for (int s = 0; s < o.gen; ++s) {
       lg = forward(m, kv, batch, pool);
@@ -160,6 +164,7 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
     f.batch = b;
     f.tokens_per_s = static_cast<double>(b) * o.gen / dt;
     f.per_user_tokens_per_s = o.gen / dt;
+    f.comm_share = (ep::comm_stats().seconds - comm0) / dt;
     f.experts_per_layer = expert_layer_runs / (static_cast<double>(o.gen) * c.n_layers);
     // KV read per step: each user's cache up to its mean position during the run.
     const double mean_pos = o.decode_prompt + 1.5 + o.gen / 2.0;
@@ -171,6 +176,9 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
   (void)max_batch;
   r.kv_bytes = static_cast<double>(kv.bytes_allocated());
   r.peak_rss_mb = peak_rss_mb();
+  r.ranks = ep::world().size;
+  for (const ep::RankStats& rs : ep::gather_rank_stats())
+    r.per_rank.push_back({rs.rank, rs.first_expert, rs.n_experts, rs.peak_rss_mb, rs.expert_mb});
   return r;
 }
 
@@ -190,7 +198,14 @@ std::string bench_to_json(const BenchResult& r) {
                            {"per_user_tokens_per_s", f.per_user_tokens_per_s},
                            {"roofline_tokens_per_s", f.roofline_tokens_per_s},
                            {"bytes_per_step", f.bytes_per_step},
-                           {"experts_per_layer", f.experts_per_layer}});
+                           {"experts_per_layer", f.experts_per_layer},
+                           {"comm_share", f.comm_share}});
+  j["prefill"]["comm_share"] = r.prefill_comm_share;
+  j["ranks"] = r.ranks;
+  j["per_rank"] = nlohmann::json::array();
+  for (const auto& pr : r.per_rank)
+    j["per_rank"].push_back({{"rank", pr.rank}, {"peak_rss_mb", pr.peak_rss_mb}, {"expert_mb", pr.expert_mb},
+                             {"first_expert", pr.first_expert}, {"n_experts", pr.n_experts}});
   j["ttft_ms"] = r.ttft_ms;
   j["peak_rss_mb"] = r.peak_rss_mb;
   j["weight_mb"] = r.weight_bytes / 1048576.0;
@@ -220,6 +235,21 @@ std::string bench_to_text(const BenchResult& r) {
                   f.batch, f.tokens_per_s, f.per_user_tokens_per_s, f.roofline_tokens_per_s,
                   pct(f.tokens_per_s, f.roofline_tokens_per_s), f.experts_per_layer, f.bytes_per_step / 1e6);
     os << buf;
+  }
+  if (r.ranks > 1) {
+    std::snprintf(buf, sizeof buf, "MPI: %d ranks; expert exchange share of step time: prefill %.1f%%", r.ranks,
+                  100 * r.prefill_comm_share);
+    os << buf;
+    for (const auto& f : r.decode) {
+      std::snprintf(buf, sizeof buf, ", batch %d %.1f%%", f.batch, 100 * f.comm_share);
+      os << buf;
+    }
+    os << "\n";
+    for (const auto& pr : r.per_rank) {
+      std::snprintf(buf, sizeof buf, "  rank %d: experts [%d, %d), expert weights %.0f MB, peak RSS %.0f MB\n", pr.rank,
+                    pr.first_expert, pr.first_expert + pr.n_experts, pr.expert_mb, pr.peak_rss_mb);
+      os << buf;
+    }
   }
   const double budget = 1.05 * r.weight_bytes / 1048576.0 + r.kv_bytes / 1048576.0 + 300;
   std::snprintf(buf, sizeof buf, "peak RSS %.0f MB (weights %.0f MB, KV %.0f MB; budget 1.05*weights+KV+300 = %.0f MB) -> %s\n",

@@ -26,6 +26,12 @@ struct DecodeFigure {
   int batch = 0;
   double tokens_per_s = 0, per_user_tokens_per_s = 0, roofline_tokens_per_s = 0;
   double bytes_per_step = 0, experts_per_layer = 0;
+  double comm_share = 0;  // share of step time inside the MPI expert exchange (rank 0)
+};
+
+struct RankFigure {
+  int rank = 0, first_expert = 0, n_experts = 0;
+  double peak_rss_mb = 0, expert_mb = 0;
 };
 
 struct BenchResult {
@@ -36,7 +42,10 @@ struct BenchResult {
   double prefill_tokens_per_s = 0, prefill_roofline_tokens_per_s = 0, prefill_ops_per_token = 0;
   bool prefill_uses_int8 = false;
   std::vector<DecodeFigure> decode;
+  double prefill_comm_share = 0;
   double ttft_ms = 0, peak_rss_mb = 0;
+  int ranks = 1;
+  std::vector<RankFigure> per_rank;  // under MPI: every rank's memory and experts
   double weight_bytes = 0, kv_bytes = 0;  // this process's mapped weights; KV allocated at the end
 };
 
