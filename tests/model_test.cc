@@ -58,8 +58,9 @@ void check_against_reference(Model& m, ThreadPool& pool) {
       }
       ++checked;
       const auto& top = want["top"];
-      if (top[0][1].get<double>() - top[1][1].get<double>() > 1e-4)
+      if (top[0][1].get<double>() - top[1][1].get<double>() > 1e-4) {
         EXPECT_EQ(got.top[0].first, top[0][0].get<int>()) << where;
+      }
     }
   }
   EXPECT_GT(checked, 150);  // all six cases were really compared
