@@ -108,7 +108,7 @@ void BM_matmul(benchmark::State& state, DType t, int64_t rows, int64_t cols) {
 // Mixtral-8x7B: dim 4096, expert hidden 14336, 32 heads x 128, 8 kv heads.
 #define MX_SHAPES(T, name)                                                                     \
   BENCHMARK_CAPTURE(BM_matmul, name##_w1_14336x4096, T, 14336, 4096)                           \
-      ->Arg(1)->Arg(4)->Arg(16)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();         \
+      ->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();         \
   BENCHMARK_CAPTURE(BM_matmul, name##_w2_4096x14336, T, 4096, 14336)                           \
       ->Arg(1)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();                          \
   BENCHMARK_CAPTURE(BM_matmul, name##_wq_4096x4096, T, 4096, 4096)                             \

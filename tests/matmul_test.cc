@@ -378,6 +378,43 @@ TEST(Matmul, ActivationQuantizersAgreeBitForBit) {
   }
 }
 
+// matmul_multi (shared activations, one parallel region) gives the bits of separate calls,
+// including ragged row counts (16-row groups straddling matrices) and mixed dtypes (fallback).
+TEST(Matmul, MultiMatchesSeparateCalls) {
+  PathGuard guard;
+  std::mt19937 rng(23);
+  ThreadPool p2(2), p3(3);
+  std::vector<SimdPath> paths = simd_paths();
+  paths.push_back(SimdPath::Scalar);
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::BF16}) {
+    const int64_t cols = dtype_info(t).block_elems == 256 ? 512 : 320;
+    const int64_t rows[3] = {37, 16, 70};
+    std::vector<std::vector<uint8_t>> w;
+    std::vector<MatView> v;
+    for (int m = 0; m < 3; ++m) w.push_back(random_weights(t, rows[m], cols, rng));
+    for (int m = 0; m < 3; ++m) v.push_back(view(t, w[static_cast<size_t>(m)], rows[m], cols));
+    for (int64_t n : {1, 3, 9, 20}) {
+      auto x = random_acts(n, cols, rng);
+      for (SimdPath p : paths) {
+        set_simd_path(p);
+        std::vector<std::vector<float>> sep(3), mul(3);
+        float* ys[3];
+        for (int m = 0; m < 3; ++m) {
+          sep[static_cast<size_t>(m)].resize(static_cast<size_t>(n * rows[m]));
+          mul[static_cast<size_t>(m)].assign(static_cast<size_t>(n * rows[m]), -1.f);
+          matmul(v[static_cast<size_t>(m)], x.data(), n, sep[static_cast<size_t>(m)].data(), p2);
+          ys[m] = mul[static_cast<size_t>(m)].data();
+        }
+        matmul_multi(v.data(), ys, 3, x.data(), n, p3);
+        for (int m = 0; m < 3; ++m)
+          ASSERT_EQ(0, std::memcmp(sep[static_cast<size_t>(m)].data(), ys[m],
+                                   sep[static_cast<size_t>(m)].size() * sizeof(float)))
+              << simd_path_name(p) << " " << dtype_info(t).name << " n " << n << " m " << m;
+      }
+    }
+  }
+}
+
 TEST(Matmul, Dispatch) {
   EXPECT_TRUE(cpu_supports(SimdPath::Scalar));
   EXPECT_EQ(simd_path_for_env("scalar"), SimdPath::Scalar);

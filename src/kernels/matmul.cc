@@ -84,18 +84,21 @@ SimdPath simd_path() {
 
 void set_simd_path(SimdPath p) { g_path.store(static_cast<int>(p), std::memory_order_relaxed); }
 
-void matmul(const MatView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
-  if (n_tokens <= 0 || w.rows <= 0) return;
+namespace {
+
+void check(const MatView& w) {
   const DTypeInfo& info = dtype_info(w.dtype);
   const bool supported = w.dtype <= DType::Q6_K;
   if (!supported || w.cols % info.block_elems != 0)
     throw std::invalid_argument("matmul: unsupported weight " + std::string(info.name) + " with " +
                                 std::to_string(w.cols) + " columns");
-  if (w.cols == 0) {
-    for (int64_t i = 0; i < n_tokens * w.rows; ++i) y[i] = 0.f;
-    return;
-  }
+}
 
+// Matrices sharing dtype and cols, all multiplied with the same x: activations are prepared
+// once, then the concatenated rows are split across the pool in one parallel region.
+void run_shared(const MatView* ws, float* const* ys, int n, const float* x, int64_t n_tokens,
+                ThreadPool& pool) {
+  const MatView& w0 = ws[0];
   mmk::PrepareFn prepare = mmk::prepare_scalar;
   mmk::RowsFn rows = mmk::rows_scalar;
   switch (simd_path()) {
@@ -108,21 +111,62 @@ void matmul(const MatView& w, const float* x, int64_t n_tokens, float* y, Thread
   thread_local mmk::Arena arena;
   mmk::Prepared p;
   mmk::PrepareJob job;
-  prepare(w.dtype, n_tokens, w.cols, arena, &p, &job);
+  prepare(w0.dtype, n_tokens, w0.cols, arena, &p, &job);
   if (n_tokens >= 8 && pool.size() > 1) {
     pool.parallel_for(n_tokens, [&](int64_t b, int64_t e, int) {
-      mmk::run_prepare(job, x, w.cols, b, e);
+      mmk::run_prepare(job, x, w0.cols, b, e);
     }, 4);
   } else {
-    mmk::run_prepare(job, x, w.cols, 0, n_tokens);
+    mmk::run_prepare(job, x, w0.cols, 0, n_tokens);
   }
 
   // Grain: enough rows that a thread's share is worth waking it for; multiples of 16 keep the
-  // 4-row microkernels full.
+  // 4-row and 16-row microkernels full.
   const int64_t grain = 16;
-  pool.parallel_for(w.rows, [&](int64_t b, int64_t e, int) {
-    rows(w, p, b, e, y, w.rows);
+  if (n == 1) {
+    pool.parallel_for(w0.rows, [&](int64_t b, int64_t e, int) {
+      rows(w0, p, b, e, ys[0], w0.rows);
+    }, grain);
+    return;
+  }
+  int64_t total = 0;
+  for (int m = 0; m < n; ++m) total += ws[m].rows;
+  pool.parallel_for(total, [&](int64_t b, int64_t e, int) {
+    int64_t off = 0;
+    for (int m = 0; m < n && off < e; off += ws[m].rows, ++m) {
+      const int64_t lo = b > off ? b - off : 0;
+      const int64_t hi = e - off < ws[m].rows ? e - off : ws[m].rows;
+      if (lo < hi) rows(ws[m], p, lo, hi, ys[m], ws[m].rows);
+    }
   }, grain);
+}
+
+}  // namespace
+
+void matmul(const MatView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
+  if (n_tokens <= 0 || w.rows <= 0) return;
+  check(w);
+  if (w.cols == 0) {
+    for (int64_t i = 0; i < n_tokens * w.rows; ++i) y[i] = 0.f;
+    return;
+  }
+  run_shared(&w, &y, 1, x, n_tokens, pool);
+}
+
+void matmul_multi(const MatView* ws, float* const* ys, int n, const float* x, int64_t n_tokens,
+                  ThreadPool& pool) {
+  if (n_tokens <= 0 || n <= 0) return;
+  bool shared = true;
+  for (int m = 0; m < n; ++m) {
+    check(ws[m]);
+    shared = shared && ws[m].dtype == ws[0].dtype && ws[m].cols == ws[0].cols &&
+             ws[m].rows > 0 && ws[m].cols > 0;
+  }
+  if (!shared) {
+    for (int m = 0; m < n; ++m) matmul(ws[m], x, n_tokens, ys[m], pool);
+    return;
+  }
+  run_shared(ws, ys, n, x, n_tokens, pool);
 }
 
 }  // namespace mx

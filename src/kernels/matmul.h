@@ -44,4 +44,10 @@ SimdPath simd_path_for_env(const char* env);
 // third of the decode bandwidth (quantized blocks are insensitive to alignment).
 void matmul(const MatView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
 
+// ys[m] = ws[m] x for m < n, all with the same x (e.g. an expert's w1 and w3, or wq/wk/wv):
+// when the matrices share dtype and cols, activations are quantized once and all rows run in
+// one parallel region; results are bit-identical to n separate matmul() calls.
+void matmul_multi(const MatView* ws, float* const* ys, int n, const float* x, int64_t n_tokens,
+                  ThreadPool& pool);
+
 }  // namespace mx

@@ -1,7 +1,8 @@
 // AVX-512 (F/BW/VL/DQ) matmul kernels; quantized types additionally need AVX512-VNNI and fall
 // back to the AVX2 kernels without it.
 //
-// Legacy 32-blocks: two blocks per zmm, integer block sums exact (see Q8 and Nibble). k-quants: unsigned weights x signed Q8_K activations with vpmaddubsw, sub-block scales
+// Legacy 32-blocks: Q8_0 with 16 rows in lanes (Q8T); 4/5-bit types two blocks per zmm
+// (Nibble); integer block sums exact. k-quants: unsigned weights x signed Q8_K activations with vpmaddubsw, sub-block scales
 // applied with vpdpwssd. bf16: widened exactly to f32 (shift / mask), then FMA.
 #include <immintrin.h>
 
@@ -121,114 +122,214 @@ void fill_plain_512(const float* x, int64_t cols, float* dst, int64_t stride) {
 #ifndef MX_PF
 #define MX_PF 8192
 #endif
+// Q8T GEMV: prefetch distance in each of the 16 row streams; packed row-block budget (bytes).
+#ifndef MX_PF16
+#define MX_PF16 4096
+#endif
+#ifndef MX_Q8T_L2
+#define MX_Q8T_L2 (384 * 1024)
+#endif
 template <int kBytes>
 inline void prefetch_span(const uint8_t* p) {
   MX_UNROLL for (int o = 0; o < kBytes / 64 * 64; o += 64)
     _mm_prefetch(reinterpret_cast<const char*>(p + MX_PF + o), _MM_HINT_T0);
 }
 
-// [d0 x 8, d1 x 8] from two fp16 scales.
-inline __m512 pair_scale(uint32_t h0, uint32_t h1) {
-  const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(h0 | (h1 << 16))));
-  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
-}
+// ---------------------------------------------------------------- Q8_0, rows in lanes (VNNI)
 
-// Activation scales of a block pair, stored as 2 floats: [d0 x 8, d1 x 8].
-inline __m512 expand_pair(const float* d) {
-  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(d)))));
-}
-// [s0, 0 x 7, s1, 0 x 7]: added once per block by a lane-wise multiply-add.
-inline __m512 expand_pair_first(const float* s) {
-  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-  return _mm512_maskz_permutexvar_ps(0x0101, idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)))));
-}
-
-// Q8_0: signed weights; activations stored as q + 128 (unsigned) so one vpdpbusd multiplies
-// them; the accumulator starts at -128 * sum(w) (once per weight block, shared by all tokens).
-struct Q8 {
-  static constexpr bool kMin = false;
+// Q8_0 weights times Q8 activations with 16 weight rows in the 16 lanes of a vector. A block
+// (32 values) of 16 rows is transposed in registers into 8 vectors W[k] (lane l = dword k of
+// row l, stored + 128 as unsigned), so 8 vpdpbusd with broadcast activation dwords give the
+// exact integer block sums of 16 rows at once, and the int -> float work is one convert and
+// one FMA per (block, token) for 16 rows. The + 128 is removed exactly: the accumulator starts
+// at -128 * sum(x) of the block (Prepared::bias).
+// Per (row, token) the float sequence is always: acc = fma(float(S_b), dw_b * dx_b, acc) for
+// blocks b = 0, 1, ... in order (S_b exact), whatever the tile, so GEMV and GEMM agree.
+// Several tokens (> kMT) first pack row blocks once into a thread-local buffer (L2-resident),
+// which every token tile then reads.
+struct Q8T {
   static constexpr int kBB = 34;
+  static constexpr int kMT = 8;
+  static constexpr int kPacked = 9 * 64;  // 8 weight vectors + 16 f32 scales per block
 
-  static inline __m512i unpack(const uint8_t* b0, const uint8_t* b1) {
-    return _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 2))),
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b1 + 2)), 1);
+  // wr: 16 row pointers; off: row offsets from wr[0] (int32 lanes) for the scale gather.
+  static inline void pack(const uint8_t* const* wr, __m512i off, int64_t b, __m512i (&W)[8],
+                          __m512& dw) {
+    const int64_t o = b * kBB;
+    __m512i Z[8], A[8], B0[4], B1[4];
+    MX_UNROLL for (int i = 0; i < 8; ++i) {
+      const int a = i < 4 ? i : i + 4;
+      Z[i] = _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[a] + o + 2))),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[a + 4] + o + 2)), 1);
+    }
+    MX_UNROLL for (int q = 0; q < 4; ++q) {
+      A[2 * q] = _mm512_unpacklo_epi32(Z[2 * q], Z[2 * q + 1]);
+      A[2 * q + 1] = _mm512_unpackhi_epi32(Z[2 * q], Z[2 * q + 1]);
+    }
+    B0[0] = _mm512_unpacklo_epi64(A[0], A[2]);
+    B0[1] = _mm512_unpackhi_epi64(A[0], A[2]);
+    B0[2] = _mm512_unpacklo_epi64(A[1], A[3]);
+    B0[3] = _mm512_unpackhi_epi64(A[1], A[3]);
+    B1[0] = _mm512_unpacklo_epi64(A[4], A[6]);
+    B1[1] = _mm512_unpackhi_epi64(A[4], A[6]);
+    B1[2] = _mm512_unpacklo_epi64(A[5], A[7]);
+    B1[3] = _mm512_unpackhi_epi64(A[5], A[7]);
+    const __m512i s80 = _mm512_set1_epi8(static_cast<char>(0x80));
+    MX_UNROLL for (int k = 0; k < 4; ++k) {
+      W[k] = _mm512_xor_si512(_mm512_shuffle_i32x4(B0[k], B1[k], 0x88), s80);
+      W[k + 4] = _mm512_xor_si512(_mm512_shuffle_i32x4(B0[k], B1[k], 0xDD), s80);
+    }
+    const __m512i h = _mm512_i32gather_epi32(off, wr[0] + o, 1);
+    dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
   }
 
-  // One group of kPairs (1 or 2) block pairs starting at pair pp; the last pair holds a lone
-  // block unless kLastFull. Per (row, token): t = sum over the group's pairs of
-  // cvt(isum) * (dw * dx) (+ m * d*sum(q)), then acc += t, so the loop-carried dependency is
-  // one add per group rather than one FMA per pair.
-  template <int NR, int NT, int kPairs, bool kLastFull>
-  static inline void group(const uint8_t* const* wr, int64_t pp, const int8_t* const* xq,
-                           const float* const* xd, const float* const* xs,
-                           __m512 (&acc)[NR][NT]) {
-    __m512i wv[NR][kPairs], neg[NR][kPairs];
-    __m512 dw[NR][kPairs], mw[NR][kPairs];
-    MX_UNROLL for (int i = 0; i < NR; ++i) {
-      MX_UNROLL for (int q = 0; q < kPairs; ++q) {
-        const bool full = q + 1 < kPairs || kLastFull;
-        const uint8_t* b0 = wr[i] + 2 * (pp + q) * kBB;
-        const uint8_t* b1 = full ? b0 + kBB : b0;
-        if (NT == 1 && q == 0) prefetch_span<2 * kPairs * kBB>(b0);
-        wv[i][q] = unpack(b0, b1);
-        if (!full) wv[i][q] = _mm512_maskz_mov_epi8(0xFFFFFFFFull, wv[i][q]);  // lone last block
-        neg[i][q] = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), wv[i][q]));
-        dw[i][q] = pair_scale(ld16(b0), full ? ld16(b1) : 0);
-        if constexpr (kMin) mw[i][q] = pair_scale(ld16(b0 + 2), full ? ld16(b1 + 2) : 0);
-      }
-    }
+  template <int NT>
+  static inline void dot(const __m512i (&W)[8], __m512 dw, int64_t b, const int8_t* const* xq,
+                         const float* const* xd, const int32_t* const* xb, __m512 (&f)[NT]) {
     MX_UNROLL for (int j = 0; j < NT; ++j) {
-      __m512i xu[kPairs];
-      __m512 dx[kPairs];
-      MX_UNROLL for (int q = 0; q < kPairs; ++q) {
-        xu[q] = _mm512_load_si512(xq[j] + 64 * (pp + q));
-        dx[q] = expand_pair(xd[j] + 2 * (pp + q));
-      }
-      MX_UNROLL for (int i = 0; i < NR; ++i) {
-        __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg[i][0], xu[0], wv[i][0])),
-                                 _mm512_mul_ps(dw[i][0], dx[0]));
-        if constexpr (kMin) t = _mm512_fmadd_ps(mw[i][0], expand_pair_first(xs[j] + 2 * pp), t);
-        if constexpr (kPairs == 2) {
-          t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg[i][1], xu[1], wv[i][1])),
-                              _mm512_mul_ps(dw[i][1], dx[1]), t);
-          if constexpr (kMin) t = _mm512_fmadd_ps(mw[i][1], expand_pair_first(xs[j] + 2 * (pp + 1)), t);
+      const uint8_t* xp = reinterpret_cast<const uint8_t*>(xq[j] + 32 * b);
+      __m512i a0 = _mm512_set1_epi32(xb[j][b]);
+      if constexpr (NT < 4) {  // two integer chains (exact, so the split is invisible)
+        __m512i a1 = _mm512_setzero_si512();
+        MX_UNROLL for (int k = 0; k < 8; k += 2) {
+          a0 = _mm512_dpbusd_epi32(a0, W[k], _mm512_set1_epi32(static_cast<int>(ld32(xp + 4 * k))));
+          a1 = _mm512_dpbusd_epi32(a1, W[k + 1], _mm512_set1_epi32(static_cast<int>(ld32(xp + 4 * k + 4))));
         }
-        acc[i][j] = _mm512_add_ps(acc[i][j], t);
+        a0 = _mm512_add_epi32(a0, a1);
+      } else {
+        MX_UNROLL for (int k = 0; k < 8; ++k)
+          a0 = _mm512_dpbusd_epi32(a0, W[k], _mm512_set1_epi32(static_cast<int>(ld32(xp + 4 * k))));
       }
+      f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_mul_ps(dw, _mm512_set1_ps(xd[j][b])), f[j]);
     }
   }
 
-  template <int NR, int NT>
-  static void tile(const MatView& w, const Prepared& p, int64_t r, int64_t t, float* y,
-                   int64_t ldy) {
-    const int64_t nb = w.cols / 32;
-    const uint8_t* wr[NR];
-    MX_UNROLL for (int i = 0; i < NR; ++i) wr[i] = w.row(r + i);
-    const int8_t* xq[NT];
-    const float* xd[NT];
-    const float* xs[NT];
-    MX_UNROLL for (int j = 0; j < NT; ++j) {
+  template <int NT>
+  static inline void store(const __m512 (&f)[NT], int64_t t, int64_t r, int n, float* y, int64_t ldy) {
+    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
+    MX_UNROLL for (int j = 0; j < NT; ++j) _mm512_mask_storeu_ps(y + (t + j) * ldy + r, m, f[j]);
+  }
+
+  static inline void acts(const Prepared& p, int64_t t, int nt, const int8_t** xq, const float** xd,
+                          const int32_t** xb) {
+    for (int j = 0; j < nt; ++j) {
       xq[j] = p.q + (t + j) * p.q_stride;
       xd[j] = p.d + (t + j) * p.d_stride;
-      xs[j] = kMin ? p.sd + (t + j) * p.d_stride : nullptr;
+      xb[j] = p.bias + (t + j) * p.d_stride;
     }
-    __m512 acc[NR][NT];
-    MX_UNROLL for (int i = 0; i < NR; ++i)
-      MX_UNROLL for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
-    const int64_t ng = nb / 4;  // groups of 4 blocks
-    for (int64_t g = 0; g < ng; ++g) group<NR, NT, 2, true>(wr, 2 * g, xq, xd, xs, acc);
-    switch (nb % 4) {
-      case 1: group<NR, NT, 1, false>(wr, 2 * ng, xq, xd, xs, acc); break;
-      case 2: group<NR, NT, 1, true>(wr, 2 * ng, xq, xd, xs, acc); break;
-      case 3: group<NR, NT, 2, false>(wr, 2 * ng, xq, xd, xs, acc); break;
-      default: break;
+  }
+
+  // Rows [r, r + n) (n <= 16) x tokens [t, t + NT), straight from the weights.
+  template <int NT>
+  static void direct(const MatView& w, const Prepared& p, int64_t r, int n, int64_t t, float* y,
+                     int64_t ldy) {
+    const int64_t nb = w.cols / 32;
+    const uint8_t* wr[16];
+    alignas(64) int32_t offs[16];
+    for (int i = 0; i < 16; ++i) {
+      wr[i] = w.row(r + (i < n ? i : n - 1));
+      offs[i] = static_cast<int32_t>(wr[i] - wr[0]);
     }
-    MX_UNROLL for (int i = 0; i < NR; ++i)
-      MX_UNROLL for (int j = 0; j < NT; ++j) y[(t + j) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+    const __m512i off = _mm512_load_si512(offs);
+    const int8_t* xq[NT];
+    const float* xd[NT];
+    const int32_t* xb[NT];
+    acts(p, t, NT, xq, xd, xb);
+    __m512 f[NT];
+    MX_UNROLL for (int j = 0; j < NT; ++j) f[j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      if constexpr (NT == 1) {
+        if (MX_PF16 > 0 && (b & 1) == 0)
+          MX_UNROLL for (int i = 0; i < 16; ++i)
+            _mm_prefetch(reinterpret_cast<const char*>(wr[i] + b * kBB + MX_PF16), _MM_HINT_T0);
+      }
+      __m512i W[8];
+      __m512 dw;
+      pack(wr, off, b, W, dw);
+      dot<NT>(W, dw, b, xq, xd, xb, f);
+    }
+    store<NT>(f, t, r, n, y, ldy);
+  }
+
+  static void pack_group(const MatView& w, int64_t r, int n, uint8_t* dst) {
+    const int64_t nb = w.cols / 32;
+    const uint8_t* wr[16];
+    alignas(64) int32_t offs[16];
+    for (int i = 0; i < 16; ++i) {
+      wr[i] = w.row(r + (i < n ? i : n - 1));
+      offs[i] = static_cast<int32_t>(wr[i] - wr[0]);
+    }
+    const __m512i off = _mm512_load_si512(offs);
+    for (int64_t b = 0; b < nb; ++b) {
+      __m512i W[8];
+      __m512 dw;
+      pack(wr, off, b, W, dw);
+      uint8_t* d = dst + b * kPacked;
+      MX_UNROLL for (int k = 0; k < 8; ++k) _mm512_store_si512(d + 64 * k, W[k]);
+      _mm512_store_ps(d + 512, dw);
+    }
+  }
+
+  template <int NT>
+  static void packed(const uint8_t* src, int64_t nb, const Prepared& p, int64_t r, int n, int64_t t,
+                     float* y, int64_t ldy) {
+    const int8_t* xq[NT];
+    const float* xd[NT];
+    const int32_t* xb[NT];
+    acts(p, t, NT, xq, xd, xb);
+    __m512 f[NT];
+    MX_UNROLL for (int j = 0; j < NT; ++j) f[j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* s = src + b * kPacked;
+      __m512i W[8];
+      MX_UNROLL for (int k = 0; k < 8; ++k) W[k] = _mm512_load_si512(s + 64 * k);
+      dot<NT>(W, _mm512_load_ps(s + 512), b, xq, xd, xb, f);
+    }
+    store<NT>(f, t, r, n, y, ldy);
+  }
+
+  template <int NT = kMT>
+  static void packed_n(int nt, const uint8_t* src, int64_t nb, const Prepared& p, int64_t r, int n,
+                       int64_t t, float* y, int64_t ldy) {
+    if constexpr (NT > 1) {
+      if (nt < NT) return packed_n<NT - 1>(nt, src, nb, p, r, n, t, y, ldy);
+    }
+    packed<NT>(src, nb, p, r, n, t, y, ldy);
+  }
+
+  static void rows(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
+                   int64_t ldy) {
+    const int64_t T = p.n_tokens;
+    if (T == 1) {
+      for (int64_t r = r0; r < r1; r += 16)
+        direct<1>(w, p, r, static_cast<int>(r1 - r < 16 ? r1 - r : 16), 0, y, ldy);
+      return;
+    }
+    const int64_t nb = w.cols / 32;
+    const int64_t gbytes = nb * kPacked;
+    // 16-row groups per packed row block; one token tile needs no reuse beyond one group.
+    int64_t gpb = T <= kMT ? 1 : MX_Q8T_L2 / gbytes;
+    if (gpb < 1) gpb = 1;
+    thread_local Arena buf;
+    const int64_t ng_all = (r1 - r0 + 15) / 16;
+    if (gpb > ng_all) gpb = ng_all;
+    uint8_t* pk = static_cast<uint8_t*>(buf.get(static_cast<size_t>(gpb * gbytes)));
+    for (int64_t rs = r0; rs < r1; rs += 16 * gpb) {
+      const int64_t re = rs + 16 * gpb < r1 ? rs + 16 * gpb : r1;
+      const int64_t ng = (re - rs + 15) / 16;
+      for (int64_t g = 0; g < ng; ++g) {
+        const int64_t r = rs + 16 * g;
+        pack_group(w, r, static_cast<int>(re - r < 16 ? re - r : 16), pk + g * gbytes);
+      }
+      for (int64_t t = 0; t < T; t += kMT) {
+        const int nt = static_cast<int>(T - t < kMT ? T - t : kMT);
+        for (int64_t g = 0; g < ng; ++g) {
+          const int64_t r = rs + 16 * g;
+          packed_n(nt, pk + g * gbytes, nb, p, r, static_cast<int>(re - r < 16 ? re - r : 16), t, y, ldy);
+        }
+      }
+    }
   }
 };
 
@@ -267,7 +368,7 @@ struct Nibble {
     return _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
   }
 
-  // See Q8::group; per pair: t (+)= cvt(isum) * expand(dw * dx) (+ expand(m * d*sum(x))).
+  // Per group of kPairs block pairs, per (row, token): t (+)= cvt(isum) * expand(dw * dx) (+ expand(m * d*sum(x))).
   template <int NR, int NT, int kPairs, bool kLastFull>
   static inline void group(const uint8_t* const* wr, int64_t pp, const Prepared& p,
                            const int8_t* const* xq, int64_t t, __m512 (&acc)[NR][NT]) {
@@ -555,7 +656,7 @@ void prepare_avx512(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prep
       break;
     case DType::Q8_0:
       job->layout.block = 32;
-      job->layout.offset128 = true;
+      job->layout.bias_mul = -128;  // Q8T: weights + 128, activations signed
       break;
     default:
       job->layout.block = 32;
@@ -578,7 +679,7 @@ void rows_avx512(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, fl
     case DType::F32: return drive<Plain<DType::F32>, 4, 3>(w, p, r0, r1, y, ldy);
     case DType::F16: return drive<Plain<DType::F16>, 4, 3>(w, p, r0, r1, y, ldy);
     case DType::BF16: return drive<Plain<DType::BF16>, 4, 3>(w, p, r0, r1, y, ldy);
-    case DType::Q8_0: return drive<Q8, 4, 4>(w, p, r0, r1, y, ldy);
+    case DType::Q8_0: return Q8T::rows(w, p, r0, r1, y, ldy);
     case DType::Q4_0: return drive<Nibble<DType::Q4_0>, 4, 4>(w, p, r0, r1, y, ldy);
     case DType::Q4_1: return drive<Nibble<DType::Q4_1>, 2, 4>(w, p, r0, r1, y, ldy);
     case DType::Q5_0: return drive<Nibble<DType::Q5_0>, 2, 4>(w, p, r0, r1, y, ldy);

@@ -65,8 +65,9 @@ void run_local_experts(const LayerWeights& lw, const float* x, int dim, const Mo
                   xs.data() + static_cast<size_t>(i) * dim);
     h1.resize(static_cast<size_t>(n) * ffn);
     h3.resize(h1.size());
-    matmul(ew.w1, xs.data(), n, h1.data(), pool);
-    matmul(ew.w3, xs.data(), n, h3.data(), pool);
+    const MatView w13[2] = {ew.w1, ew.w3};
+    float* const y13[2] = {h1.data(), h3.data()};
+    matmul_multi(w13, y13, 2, xs.data(), n, pool);
     ops::silu_mul(h1.data(), h3.data(), static_cast<int64_t>(h1.size()), h1.data());
     out.resize(static_cast<size_t>(n) * dim);
     matmul(ew.w2, h1.data(), n, out.data(), pool);
