@@ -123,8 +123,8 @@ void fill_plain_512(const float* x, int64_t cols, float* dst, int64_t stride) {
 #define MX_PF 8192
 #endif
 // Q8T GEMV: prefetch distance in each of the 16 row streams; packed row-block budget (bytes).
-#ifndef MX_PF16
-#define MX_PF16 4096
+#ifndef MX_PF16_HINT
+#define MX_PF16_HINT _MM_HINT_T0
 #endif
 #ifndef MX_Q8T_L2
 #define MX_Q8T_L2 (384 * 1024)
@@ -223,7 +223,7 @@ struct Q8T {
   // Rows [r, r + n) (n <= 16) x tokens [t, t + NT), straight from the weights.
   template <int NT>
   static void direct(const MatView& w, const Prepared& p, int64_t r, int n, int64_t t, float* y,
-                     int64_t ldy) {
+                     int64_t ldy, const uint8_t* next) {
     const int64_t nb = w.cols / 32;
     const uint8_t* wr[16];
     alignas(64) int32_t offs[16];
@@ -240,9 +240,12 @@ struct Q8T {
     MX_UNROLL for (int j = 0; j < NT; ++j) f[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       if constexpr (NT == 1) {
-        if (MX_PF16 > 0 && (b & 1) == 0)
-          MX_UNROLL for (int i = 0; i < 16; ++i)
-            _mm_prefetch(reinterpret_cast<const char*>(wr[i] + b * kBB + MX_PF16), _MM_HINT_T0);
+        // The next group's 16 rows are one contiguous span: fetch it as one sequential
+        // stream (16 * kBB bytes per block step) while this group computes.
+        if (next) {
+          MX_UNROLL for (int o = 0; o < 16 * kBB; o += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(next + b * 16 * kBB + o), MX_PF16_HINT);
+        }
       }
       __m512i W[8];
       __m512 dw;
@@ -252,7 +255,7 @@ struct Q8T {
     store<NT>(f, t, r, n, y, ldy);
   }
 
-  static void pack_group(const MatView& w, int64_t r, int n, uint8_t* dst) {
+  static void pack_group(const MatView& w, int64_t r, int n, uint8_t* dst, const uint8_t* next) {
     const int64_t nb = w.cols / 32;
     const uint8_t* wr[16];
     alignas(64) int32_t offs[16];
@@ -262,6 +265,10 @@ struct Q8T {
     }
     const __m512i off = _mm512_load_si512(offs);
     for (int64_t b = 0; b < nb; ++b) {
+      if (next) {  // as in direct<1>: the next group streams in sequentially
+        MX_UNROLL for (int o = 0; o < 16 * kBB; o += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(next + b * 16 * kBB + o), MX_PF16_HINT);
+      }
       __m512i W[8];
       __m512 dw;
       pack(wr, off, b, W, dw);
@@ -302,11 +309,15 @@ struct Q8T {
                    int64_t ldy) {
     const int64_t T = p.n_tokens;
     if (T == 1) {
-      for (int64_t r = r0; r < r1; r += 16)
-        direct<1>(w, p, r, static_cast<int>(r1 - r < 16 ? r1 - r : 16), 0, y, ldy);
+      for (int64_t r = r0; r < r1; r += 16) {
+        const uint8_t* next =
+            r + 32 <= r1 && w.stride == static_cast<size_t>(w.cols / 32 * kBB) ? w.row(r + 16) : nullptr;
+        direct<1>(w, p, r, static_cast<int>(r1 - r < 16 ? r1 - r : 16), 0, y, ldy, next);
+      }
       return;
     }
     const int64_t nb = w.cols / 32;
+    const bool dense = w.stride == static_cast<size_t>(nb * kBB);  // rows back to back
     const int64_t gbytes = nb * kPacked;
     // 16-row groups per packed row block; one token tile needs no reuse beyond one group.
     int64_t gpb = T <= kMT ? 1 : MX_Q8T_L2 / gbytes;
@@ -320,7 +331,8 @@ struct Q8T {
       const int64_t ng = (re - rs + 15) / 16;
       for (int64_t g = 0; g < ng; ++g) {
         const int64_t r = rs + 16 * g;
-        pack_group(w, r, static_cast<int>(re - r < 16 ? re - r : 16), pk + g * gbytes);
+        const uint8_t* next = r + 32 <= r1 && dense ? w.row(r + 16) : nullptr;
+        pack_group(w, r, static_cast<int>(re - r < 16 ? re - r : 16), pk + g * gbytes, next);
       }
       for (int64_t t = 0; t < T; t += kMT) {
         const int nt = static_cast<int>(T - t < kMT ? T - t : kMT);
