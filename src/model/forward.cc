@@ -73,9 +73,12 @@ std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& b
     for (int t = 0; t < T; ++t)
       rmsnorm(&x[static_cast<size_t>(t) * dim], lw.attention_norm.data(), dim, c.norm_eps,
               &h[static_cast<size_t>(t) * dim]);
-    matmul(lw.wq, h.data(), T, q.data(), pool);
-    matmul(lw.wk, h.data(), T, k.data(), pool);
-    matmul(lw.wv, h.data(), T, v.data(), pool);
+    {
+      // One activation quantization and one parallel region for the three projections.
+      const MatView qkv[3] = {lw.wq, lw.wk, lw.wv};
+      float* const out[3] = {q.data(), k.data(), v.data()};
+      matmul_multi(qkv, out, 3, h.data(), T, pool);
+    }
     apply_rope(rope, c, q.data(), c.n_heads, T);
     apply_rope(rope, c, k.data(), c.n_kv_heads, T);
     for (int t = 0; t < T; ++t)
