@@ -1,12 +1,12 @@
 // `mixtral score`: the accuracy tool. Logits after every input token, as JSON, in f32 with an
 // f32 KV cache unless told otherwise.
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "formats/config_files.h"
 #include "formats/error.h"
 #include "runtime/scoring.h"
 #include "runtime/tokenizer.h"
@@ -52,16 +52,7 @@ int run(ScoreArgs& a) {
   Engine e = open_engine(a.engine);
   const int vocab = e.model->config.vocab;
   if (!a.cases.empty()) {
-    std::ifstream f(a.cases);
-    if (!f) fail(a.cases + ": cannot open");
-    std::stringstream ss;
-    ss << f.rdbuf();
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(ss.str());
-    } catch (const std::exception& ex) {
-      fail(a.cases + ": not valid JSON: " + ex.what());
-    }
+    const nlohmann::json j = read_json_file(a.cases);
     if (!j.contains("cases") || !j["cases"].is_array()) fail(a.cases + ": missing list field 'cases'");
     std::string out = "[";
     for (size_t i = 0; i < j["cases"].size(); ++i) {

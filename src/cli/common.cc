@@ -2,8 +2,8 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
+#include "formats/config_files.h"
 #include "formats/error.h"
 #include "formats/model_loader.h"
 #include "runtime/expert_parallel.h"
@@ -84,16 +84,8 @@ std::function<std::vector<float>(const std::vector<SeqChunk>&)> make_forward(Eng
 }
 
 std::vector<std::string> read_prompts_file(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) fail(path + ": cannot open prompts file");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const std::exception& ex) {
-    fail(path + ": not valid JSON: " + ex.what());
-  }
+  if (!std::ifstream(path)) fail(path + ": cannot open prompts file");
+  const nlohmann::json j = read_json_file(path);
   if (!j.is_array()) fail(path + ": expected a JSON list of prompts");
   std::vector<std::string> out;
   for (size_t i = 0; i < j.size(); ++i) {

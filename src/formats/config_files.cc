@@ -8,9 +8,7 @@
 
 namespace mx {
 
-namespace {
-
-nlohmann::json read_json(const std::string& path) {
+nlohmann::json read_json_file(const std::string& path) {
   std::ifstream f(path);
   if (!f) fail(path + ": cannot open");
   std::stringstream ss;
@@ -21,6 +19,8 @@ nlohmann::json read_json(const std::string& path) {
     fail(path + ": not valid JSON: " + e.what());
   }
 }
+
+namespace {
 
 // Reads a required numeric field (dotted path for nested objects), naming it when absent.
 template <typename T>
@@ -47,7 +47,7 @@ T optional(const nlohmann::json& j, const std::string& path, const std::string& 
 }  // namespace
 
 ModelConfig read_hf_config(const std::string& path) {
-  const nlohmann::json j = read_json(path);
+  const nlohmann::json j = read_json_file(path);
   if (j.contains("model_type") && j["model_type"] != "mixtral")
     fail(path + ": model_type is " + j["model_type"].dump() + ", expected \"mixtral\"");
   ModelConfig c;
@@ -72,7 +72,7 @@ ModelConfig read_hf_config(const std::string& path) {
 }
 
 ModelConfig read_params_json(const std::string& path) {
-  const nlohmann::json j = read_json(path);
+  const nlohmann::json j = read_json_file(path);
   ModelConfig c;
   c.dim = need<int>(j, path, "dim");
   c.n_layers = need<int>(j, path, "n_layers");
