@@ -86,7 +86,11 @@ uint64_t read_scalar(const uint8_t* p, size_t n) {
 
 // ---------------------------------------------------------------- int8 / bf16 peaks
 
-constexpr int kChains = 16;  // independent accumulators: enough to cover latency x throughput
+// Independent accumulators, enough to cover latency x throughput. Every chain loop is fully
+// unrolled (PEAK_UNROLL) so the accumulators stay in registers: a rolled loop keeps them in
+// memory and measures store-to-load forwarding instead of the multiply-add units.
+constexpr int kChains = 16;
+#define PEAK_UNROLL _Pragma("GCC unroll 16")
 
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) int64_t int8_vnni(int64_t iters) {
   __m512i acc[kChains];
@@ -95,6 +99,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) int64_t int8_vnni(int64_t
   for (int64_t it = 0; it < iters; ++it) {
     opaque(a);
     opaque(b);
+    PEAK_UNROLL
     for (int k = 0; k < kChains; ++k) acc[k] = _mm512_dpbusd_epi32(acc[k], a, b);
   }
   __m512i s = acc[0];
@@ -111,6 +116,7 @@ __attribute__((target("avx512f,avx512bw"))) int64_t int8_bw(int64_t iters) {
   for (int64_t it = 0; it < iters; ++it) {
     opaque(a);
     opaque(b);
+    PEAK_UNROLL
     for (int k = 0; k < kChains / 2; ++k)
       acc[k] = _mm512_add_epi32(acc[k], _mm512_madd_epi16(_mm512_maddubs_epi16(a, b), ones));
   }
@@ -127,6 +133,7 @@ __attribute__((target("avx2"))) int64_t int8_avx2(int64_t iters) {
   for (int64_t it = 0; it < iters; ++it) {
     opaque(a);
     opaque(b);
+    PEAK_UNROLL
     for (int k = 0; k < kChains / 2; ++k)
       acc[k] = _mm256_add_epi32(acc[k], _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
   }
@@ -140,8 +147,10 @@ int64_t int8_scalar(int64_t iters) {
   volatile int8_t va = 3, vb = -2;
   const int a = va, b = vb;
   for (int64_t it = 0; it < iters; ++it)
+    PEAK_UNROLL
     for (int k = 0; k < 8; ++k) acc[k] += a * (b + k);
   int64_t s = 0;
+  PEAK_UNROLL
   for (int k = 0; k < 8; ++k) s += acc[k];
   return s;
 }
@@ -153,6 +162,7 @@ __attribute__((target("avx512f,avx512bf16"))) float bf16_dp(int64_t iters) {
   for (int64_t it = 0; it < iters; ++it) {
     opaque(a);
     opaque(b);
+    PEAK_UNROLL
     for (int k = 0; k < kChains; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], (__m512bh)a, (__m512bh)b);
   }
   __m512 s = acc[0];
@@ -167,6 +177,7 @@ __attribute__((target("avx512f"))) float fma512(int64_t iters) {
   for (int64_t it = 0; it < iters; ++it) {
     opaque(a);
     opaque(b);
+    PEAK_UNROLL
     for (int k = 0; k < kChains; ++k) acc[k] = _mm512_fmadd_ps(a, b, acc[k]);
   }
   __m512 s = acc[0];
@@ -181,6 +192,7 @@ __attribute__((target("avx2,fma"))) float fma256(int64_t iters) {
   for (int64_t it = 0; it < iters; ++it) {
     opaque(a);
     opaque(b);
+    PEAK_UNROLL
     for (int k = 0; k < 12; ++k) acc[k] = _mm256_fmadd_ps(a, b, acc[k]);
   }
   __m256 s = acc[0];
@@ -195,6 +207,7 @@ float fma_scalar(int64_t iters) {
   volatile float va = 1.0001f, vb = 1e-7f;
   const float a = va, b = vb;
   for (int64_t it = 0; it < iters; ++it)
+    PEAK_UNROLL
     for (int k = 0; k < 8; ++k) acc[k] += a * b;
   return acc[0] + acc[7];
 }
