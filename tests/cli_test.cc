@@ -1,6 +1,8 @@
 // The CLI end to end: commands, JSON outputs, and one clear message per bad input.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include <nlohmann/json.hpp>
 
 #include "test_util.h"
@@ -57,6 +59,34 @@ TEST(Cli, ScoreCasesMatchReferenceOnEveryLayout) {
       EXPECT_TRUE(got[c]["positions"].back()["next_logprob"].is_null());
     }
   }
+}
+
+TEST(Cli, ScoreCompareSummarizesAgreement) {
+  const std::string ref = test::data_path("tiny-mixtral/expected.json");
+  auto r = run_cli("score --model " + test::data_path("tiny-mixtral/mistral") + " --cases " + ref + " --compare");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json a = nlohmann::json::parse(r.out);
+  EXPECT_EQ(a["cases"], 6);
+  EXPECT_EQ(a["positions"], 169);
+  EXPECT_EQ(a["top1_agreement"], 1.0);
+  EXPECT_LT(a["max_abs_dlogit"].get<double>(), 1e-3);
+  EXPECT_LT(a["mean_abs_dlogprob"].get<double>(), 1e-4);
+  // A quantized file disagrees measurably, so the summary is not a constant.
+  r = run_cli("score --model " + test::data_path("tiny-mixtral/gguf/tiny-mixtral-q4_0.gguf") + " --cases " + ref + " --compare");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json q = nlohmann::json::parse(r.out);
+  EXPECT_LT(q["top1_agreement"].get<double>(), 0.8);
+  EXPECT_GT(q["mean_abs_dlogprob"].get<double>(), 0.3);
+
+  r = run_cli("score --model " + test::data_path("tiny-mixtral/mistral") + " --tokens 1,2 --compare");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--compare needs --cases"), std::string::npos) << r.err;
+  const std::string dir = test::tmp_dir("cli-compare");
+  std::ofstream(dir + "/bad.json") << R"({"cases":[{"tokens":[1,415],"positions":[{"top":[[5,1.0]],"lse":2.0}]}]})";
+  r = run_cli("score --model " + test::data_path("tiny-mixtral/mistral") + " --cases " + dir + "/bad.json --compare");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("bad.json: cases[0]: field 'positions' must be a list with one entry per stored position (2)"),
+            std::string::npos) << r.err;
 }
 
 TEST(Cli, ScoreTextAddsBosAndTokensValidate) {

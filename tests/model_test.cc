@@ -7,6 +7,7 @@
 #include "formats/model_loader.h"
 #include "kernels/thread_pool.h"
 #include "model/forward.h"
+#include "runtime/reference_agreement.h"
 #include "runtime/scoring.h"
 #include "test_util.h"
 
@@ -144,35 +145,14 @@ TEST(Model, OverContextIsAnError) {
 namespace mx {
 namespace {
 
-// Quantized GGUFs move logits; the bounds sit just past llama.cpp's own figures on these files
-// (q8_0: 94% top-1 agreement, mean |Δ log p| 0.07; q4_0: 66%, 0.52).
-struct Agreement {
-  double top1 = 0, mean_dlogp = 0, max_dlse = 0;
-};
-
-Agreement agreement_with_reference(Model& m, ThreadPool& pool) {
-  int n = 0, agree = 0, nd = 0;
-  double sum_d = 0, max_dlse = 0;
-  for (const auto& c : expected()["cases"]) {
-    const ScoreResult r = score_tokens(m, c["tokens"].get<std::vector<int>>(), 10, DType::F32, pool);
-    std::vector<int> idx;
-    if (c.contains("positions_index")) idx = c["positions_index"].get<std::vector<int>>();
-    else for (size_t j = 0; j < c["tokens"].size(); ++j) idx.push_back(static_cast<int>(j));
-    for (size_t k = 0; k < idx.size(); ++k) {
-      const auto& w = c["positions"][k];
-      const PositionScore& p = r.positions[static_cast<size_t>(idx[k])];
-      const int top = w["top"][0][0].get<int>();
-      ++n;
-      agree += p.top[0].first == top;
-      max_dlse = std::max(max_dlse, std::abs(p.lse - w["lse"].get<double>()));
-      for (const auto& [id, lg] : p.top)
-        if (id == top) {
-          sum_d += std::abs((lg - p.lse) - (w["top"][0][1].get<double>() - w["lse"].get<double>()));
-          ++nd;
-        }
-    }
-  }
-  return {static_cast<double>(agree) / n, sum_d / std::max(nd, 1), max_dlse};
+// Quantized GGUFs move logits. llama.cpp's figures on these files (../shared/README.md):
+// q8_0 94% top-1 agreement, mean |d log p| 0.068; q4_0 66%, 0.52; q4_k_m 83%, 0.26. Exact f32
+// arithmetic on the same dequantized weights (a repack to f32) gives 94.1%/0.055, 63.9%/0.575
+// and 82.8%/0.300: llama.cpp's q4 figures are partly router luck. On 169 positions one flipped
+// expert choice moves top-1 by 0.6% and the mean by up to 0.02, so each bound is the better of
+// llama.cpp and exact arithmetic, plus two flips (docs/accuracy.md).
+ReferenceAgreement agreement_with_reference(Model& m, ThreadPool& pool) {
+  return compare_with_reference(m, expected(), DType::F32, pool, "expected.json");
 }
 
 std::unique_ptr<Model> load_gguf_model(const std::string& q, ThreadPool& pool) {
@@ -188,15 +168,16 @@ TEST(Model, GgufF16MatchesReference) {
 
 TEST(Model, GgufQuantizedStayWithinLlamaCppBounds) {
   ThreadPool pool(2);
-  const Agreement q8 = agreement_with_reference(*load_gguf_model("q8_0", pool), pool);
-  EXPECT_GE(q8.top1, 0.88);
-  EXPECT_LE(q8.mean_dlogp, 0.10);
-  const Agreement q4 = agreement_with_reference(*load_gguf_model("q4_0", pool), pool);
-  EXPECT_GE(q4.top1, 0.58);
-  EXPECT_LE(q4.mean_dlogp, 0.60);
-  const Agreement qk = agreement_with_reference(*load_gguf_model("q4_k_m", pool), pool);
-  EXPECT_GE(qk.top1, 0.75);
-  EXPECT_LE(qk.mean_dlogp, 0.35);
+  const ReferenceAgreement q8 = agreement_with_reference(*load_gguf_model("q8_0", pool), pool);
+  EXPECT_EQ(q8.positions, 169);
+  EXPECT_GE(q8.top1(), 0.94 - 0.012);
+  EXPECT_LE(q8.mean_abs_dlogprob, 0.068 + 0.04);
+  const ReferenceAgreement q4 = agreement_with_reference(*load_gguf_model("q4_0", pool), pool);
+  EXPECT_GE(q4.top1(), 0.639 - 0.012);
+  EXPECT_LE(q4.mean_abs_dlogprob, 0.575 + 0.04);
+  const ReferenceAgreement qk = agreement_with_reference(*load_gguf_model("q4_k_m", pool), pool);
+  EXPECT_GE(qk.top1(), 0.828 - 0.012);
+  EXPECT_LE(qk.mean_abs_dlogprob, 0.300 + 0.04);
 }
 
 }  // namespace

@@ -4,6 +4,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <vector>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -13,12 +16,36 @@ namespace mx::test {
 
 std::string data_path(const std::string& rel) { return std::string(MIXTRAL_TEST_DATA) + "/" + rel; }
 
+namespace {
+
+// Every folder tmp_dir made, removed when the test process exits (MIXTRAL_KEEP_TEST_DIRS=1
+// keeps them for a post-mortem).
+struct TmpDirs {
+  std::mutex mu;
+  std::vector<std::string> dirs;
+  ~TmpDirs() {
+    if (std::getenv("MIXTRAL_KEEP_TEST_DIRS")) return;
+    std::error_code ec;
+    for (const auto& d : dirs) std::filesystem::remove_all(d, ec);
+  }
+};
+TmpDirs& tmp_dirs() {
+  static TmpDirs t;
+  return t;
+}
+
+}  // namespace
+
 std::string tmp_dir(const std::string& tag) {
   static std::atomic<int> counter{0};
   std::string p = "/tmp/mixtral-test-" + tag + "-" + std::to_string(::getpid()) + "-" +
                   std::to_string(counter++);
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
+  {
+    std::lock_guard<std::mutex> lock(tmp_dirs().mu);
+    tmp_dirs().dirs.push_back(p);
+  }
   return p;
 }
 

@@ -8,6 +8,7 @@
 #include "cli/common.h"
 #include "formats/config_files.h"
 #include "formats/error.h"
+#include "runtime/reference_agreement.h"
 #include "runtime/scoring.h"
 #include "runtime/tokenizer.h"
 
@@ -19,6 +20,7 @@ struct ScoreArgs {
   EngineOptions engine;
   std::string tokens, text, cases;
   int top = 10;
+  bool compare = false;
 };
 
 std::vector<int> parse_token_list(const std::string& s) {
@@ -49,10 +51,16 @@ int run(ScoreArgs& a) {
   const int given = !a.tokens.empty() + !a.text.empty() + !a.cases.empty();
   if (given != 1) fail("give exactly one of --tokens, --text or --cases");
   if (a.top < 1) fail("--top must be >= 1");
+  if (a.compare && a.cases.empty()) fail("--compare needs --cases FILE with reference positions");
   Engine e = open_engine(a.engine);
   const int vocab = e.model->config.vocab;
   if (!a.cases.empty()) {
     const nlohmann::json j = read_json_file(a.cases);
+    if (a.compare) {
+      const ReferenceAgreement g = compare_with_reference(*e.model, j, e.kv_dtype, *e.pool, a.cases);
+      std::printf("%s\n", agreement_to_json(g).dump().c_str());
+      return 0;
+    }
     if (!j.contains("cases") || !j["cases"].is_array()) fail(a.cases + ": missing list field 'cases'");
     std::string out = "[";
     for (size_t i = 0; i < j["cases"].size(); ++i) {
@@ -88,6 +96,9 @@ Command add_score(CLI::App& app) {
   sub->add_option("--text", args->text, "text to tokenize (BOS is added)");
   sub->add_option("--cases", args->cases, "a JSON file shaped like expected.json: {\"cases\":[{\"tokens\":[...]}]}");
   sub->add_option("--top", args->top, "how many top [id, logit] pairs per position")->default_val(10);
+  sub->add_flag("--compare", args->compare,
+                "with --cases: compare against the file's reference positions (top, lse) and print "
+                "top-1 agreement and mean/max |Δ log p|, |Δ lse|, |Δ logit| as one JSON object");
   return {sub, [args] { return run(*args); }};
 }
 
