@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -44,6 +46,19 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
 }
 
 const int64_t kSizes[] = {1, 3, 8, 15, 16, 17, 33, 64, 100, 4099};
+
+// CTest runs the suites again with MIXTRAL_SIMD forced (CMakeLists.txt): the dispatcher must
+// really use that path, or those runs would test the default path twice.
+TEST(Ops, ForcedPathIsTheOneInUse) {
+  const char* env = std::getenv("MIXTRAL_SIMD");
+  if (!env) GTEST_SKIP() << "MIXTRAL_SIMD not set";
+  const std::string want = env;
+  if (want == "scalar" || (want == "avx2" && cpu_supports(SimdPath::Avx2))) {
+    EXPECT_EQ(simd_path_name(simd_path()), want);
+  } else {
+    EXPECT_EQ(simd_path(), simd_path_for_env(env));
+  }
+}
 
 TEST(Ops, ElementwiseMatchReference) {
   PathGuard guard;
