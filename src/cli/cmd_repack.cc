@@ -1,5 +1,9 @@
 // `mixtral repack`: writes the weight cache (docs/cache-format.md) from any checkpoint.
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
+#include <string>
 #include <memory>
 
 #include "cli/commands.h"
@@ -10,10 +14,50 @@ namespace mx::cli {
 
 namespace {
 
+// "[#######.............]  1.2 / 3.4 GB  35%  ETA 12 s" (ETA from the average rate so far).
+std::string progress_bar(uint64_t done, uint64_t total, double elapsed_s) {
+  constexpr int kWidth = 30;
+  const double f = total ? static_cast<double>(done) / static_cast<double>(total) : 1.0;
+  const int fill = static_cast<int>(f * kWidth + 0.5);
+  std::string s = "[" + std::string(static_cast<size_t>(fill), '#') + std::string(static_cast<size_t>(kWidth - fill), '.') + "]";
+  char buf[96];
+  const bool gb = total >= 1000000000;
+  const double unit = gb ? 1e9 : 1e6;
+  std::snprintf(buf, sizeof buf, " %.*f / %.*f %s %3d%%", gb ? 2 : 1, static_cast<double>(done) / unit,
+                gb ? 2 : 1, static_cast<double>(total) / unit, gb ? "GB" : "MB", static_cast<int>(f * 100));
+  s += buf;
+  if (done > 0 && done < total && elapsed_s > 0) {
+    std::snprintf(buf, sizeof buf, "  ETA %.0f s", elapsed_s * static_cast<double>(total - done) / static_cast<double>(done));
+    s += buf;
+  }
+  return s;
+}
+
 int run(RepackOptions& o, bool ranks_given) {
   if (ranks_given && o.ranks < 1) fail("--ranks must be >= 1");
-  o.log = [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
+  // On a terminal: a bar with bytes and ETA, redrawn in place under the per-file lines.
+  // Otherwise (logs, pipes): only the plain per-file lines.
+  const bool tty = ::isatty(STDERR_FILENO) == 1;
+  const auto t0 = std::chrono::steady_clock::now();
+  bool bar_shown = false;
+  o.log = [&](const std::string& s) {
+    std::fprintf(stderr, "%s%s\n", bar_shown ? "\r\033[K" : "", s.c_str());
+    bar_shown = false;
+  };
+  if (tty) {
+    auto last = t0 - std::chrono::seconds(1);
+    o.progress = [&, last](uint64_t done, uint64_t total) mutable {
+      const auto now = std::chrono::steady_clock::now();
+      if (done < total && now - last < std::chrono::milliseconds(100)) return;  // ~10 redraws/s
+      last = now;
+      std::fprintf(stderr, "\r\033[K%s", progress_bar(done, total,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()).c_str());
+      std::fflush(stderr);
+      bar_shown = true;
+    };
+  }
   const RepackResult r = repack(o);
+  if (bar_shown) std::fprintf(stderr, "\n");
   if (r.cache_hit) {
     std::printf("cache hit: %s is up to date\n", o.out.c_str());
     return 0;

@@ -276,6 +276,20 @@ RepackResult repack(const RepackOptions& o) {
     std::vector<uint8_t> outbuf;
     const std::string header = cache_file_header();
 
+    // Bytes of tensor data to write, for the progress callback.
+    uint64_t total = 0, done = 0;
+    {
+      std::vector<std::string> scratch_notes;
+      std::vector<std::string> all = shared_order(m);
+      for (int e = 0; e < c.n_experts; ++e)
+        for (auto& n : expert_order(m, e)) all.push_back(std::move(n));
+      for (const auto& name : all) {
+        const Tensor& t = m.store.get(name);
+        total += static_cast<uint64_t>(t.rows()) * row_bytes(target_dtype(o.dtype, name, t, scratch_notes), t.cols());
+      }
+    }
+    if (o.progress) o.progress(0, total);
+
     auto write_file = [&](const std::string& fname, const std::string& kind, int expert,
                           const std::vector<std::string>& names) {
       const auto f0 = std::chrono::steady_clock::now();
@@ -295,7 +309,9 @@ RepackResult repack(const RepackOptions& o) {
         e.expert = expert;
         write_tensor(w, t, out_t, pool, scratch, outbuf);
         release_source(m, t);
+        done += e.nbytes;
         mf.tensors.push_back(std::move(e));
+        if (o.progress) o.progress(done, total);
       }
       CacheFileEntry fe;
       fe.name = fname;

@@ -2,6 +2,7 @@
 // weight_cache.h, tensor by tensor (memory stays at a few buffers), into DIR.tmp-<pid>/ which
 // is fsynced and then renamed to DIR, so an interrupted run never leaves a loadable cache.
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -15,7 +16,9 @@ struct RepackOptions {
   int ranks = 0;               // >0: write a `ranks` section for that many ranks
   int threads = 0;             // conversion threads (0: all cores)
   bool sync = true;            // fsync files before the rename (tests may skip it)
-  std::function<void(const std::string&)> log;  // progress and notes; may be empty
+  std::function<void(const std::string&)> log;  // per-file lines and notes; may be empty
+  // Called after each tensor with the bytes written so far and the total to write; may be empty.
+  std::function<void(uint64_t done, uint64_t total)> progress;
 };
 
 struct RepackResult {
