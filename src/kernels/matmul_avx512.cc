@@ -17,6 +17,13 @@ namespace {
 
 inline float h2f(const uint8_t* p) { return _cvtsh_ss(ld16(p)); }
 
+// acc += vpdpbusd(u, broadcast of the 4 bytes at x): the broadcast as the instruction's memory
+// operand ({1to16}); GCC otherwise emits a separate vpbroadcastd per product.
+inline __m512i dpbusd_bcast(__m512i acc, __m512i u, const void* x) {
+  __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*static_cast<const int32_t*>(x)));
+  return acc;
+}
+
 // ---------------------------------------------------------------- plain f32 / f16 / bf16
 
 template <DType DT>
@@ -152,9 +159,20 @@ struct Q8T {
   static constexpr int kMT = 8;
   static constexpr int kPacked = 9 * 64;  // 8 weight vectors + 16 f32 scales per block
 
-  // wr: 16 row pointers; off: row offsets from wr[0] (int32 lanes) for the scale gather.
-  static inline void pack(const uint8_t* const* wr, __m512i off, int64_t b, __m512i (&W)[8],
-                          __m512& dw) {
+  // f16 scales of block b of the 16 rows as f32 lanes. Built from 16 scalar loads packed four
+  // to a 64-bit register: measured ~20% faster GEMV than one vpgatherdd (which the 2-block
+  // GEMV step needs twice), the scalar units being otherwise idle.
+  static inline __m512 scales(const uint8_t* const* wr, int64_t o) {
+    uint64_t q[4];
+    MX_UNROLL for (int g = 0; g < 4; ++g)
+      q[g] = uint64_t{ld16(wr[4 * g] + o)} | uint64_t{ld16(wr[4 * g + 1] + o)} << 16 |
+             uint64_t{ld16(wr[4 * g + 2] + o)} << 32 | uint64_t{ld16(wr[4 * g + 3] + o)} << 48;
+    return _mm512_cvtph_ps(_mm256_set_epi64x(static_cast<int64_t>(q[3]), static_cast<int64_t>(q[2]),
+                                             static_cast<int64_t>(q[1]), static_cast<int64_t>(q[0])));
+  }
+
+  // wr: 16 row pointers.
+  static inline void pack(const uint8_t* const* wr, int64_t b, __m512i (&W)[8], __m512& dw) {
     const int64_t o = b * kBB;
     __m512i Z[8], A[8], B0[4], B1[4];
     MX_UNROLL for (int i = 0; i < 8; ++i) {
@@ -180,28 +198,28 @@ struct Q8T {
       W[k] = _mm512_xor_si512(_mm512_shuffle_i32x4(B0[k], B1[k], 0x88), s80);
       W[k + 4] = _mm512_xor_si512(_mm512_shuffle_i32x4(B0[k], B1[k], 0xDD), s80);
     }
-    const __m512i h = _mm512_i32gather_epi32(off, wr[0] + o, 1);
-    dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+    dw = scales(wr, o);
   }
 
+  // Integer sums k-outer / token-inner: NT (x 2 when NT < 4) independent vpdpbusd chains, so
+  // the multiply units never wait on one chain's latency (exact, so the split is invisible).
   template <int NT>
   static inline void dot(const __m512i (&W)[8], __m512 dw, int64_t b, const int8_t* const* xq,
                          const float* const* xd, const int32_t* const* xb, __m512 (&f)[NT]) {
+    constexpr int kC = NT < 4 ? 2 : 1;  // chains per token
+    __m512i a[kC][NT];
     MX_UNROLL for (int j = 0; j < NT; ++j) {
-      const uint8_t* xp = reinterpret_cast<const uint8_t*>(xq[j] + 32 * b);
-      __m512i a0 = _mm512_set1_epi32(xb[j][b]);
-      if constexpr (NT < 4) {  // two integer chains (exact, so the split is invisible)
-        __m512i a1 = _mm512_setzero_si512();
-        MX_UNROLL for (int k = 0; k < 8; k += 2) {
-          a0 = _mm512_dpbusd_epi32(a0, W[k], _mm512_set1_epi32(static_cast<int>(ld32(xp + 4 * k))));
-          a1 = _mm512_dpbusd_epi32(a1, W[k + 1], _mm512_set1_epi32(static_cast<int>(ld32(xp + 4 * k + 4))));
-        }
-        a0 = _mm512_add_epi32(a0, a1);
-      } else {
-        MX_UNROLL for (int k = 0; k < 8; ++k)
-          a0 = _mm512_dpbusd_epi32(a0, W[k], _mm512_set1_epi32(static_cast<int>(ld32(xp + 4 * k))));
+      a[0][j] = _mm512_set1_epi32(xb[j][b]);
+      if constexpr (kC == 2) a[1][j] = _mm512_setzero_si512();
+    }
+    MX_UNROLL for (int k = 0; k < 8; ++k)
+      MX_UNROLL for (int j = 0; j < NT; ++j) {
+        const uint8_t* xp = reinterpret_cast<const uint8_t*>(xq[j] + 32 * b);
+        a[k % kC][j] = dpbusd_bcast(a[k % kC][j], W[k], xp + 4 * k);
       }
-      f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_mul_ps(dw, _mm512_set1_ps(xd[j][b])), f[j]);
+    MX_UNROLL for (int j = 0; j < NT; ++j) {
+      const __m512i s = kC == 2 ? _mm512_add_epi32(a[0][j], a[kC - 1][j]) : a[0][j];
+      f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xd[j][b])), f[j]);
     }
   }
 
@@ -248,20 +266,14 @@ struct Q8T {
                    const uint8_t* next) {
     const int64_t nb = w.cols / 32;
     const uint8_t* wr[16];
-    alignas(64) int32_t offs[16];
-    for (int i = 0; i < 16; ++i) {
-      wr[i] = w.row(r + (i < n ? i : n - 1));
-      offs[i] = static_cast<int32_t>(wr[i] - wr[0]);
-    }
-    const __m512i off = _mm512_load_si512(offs);
+    for (int i = 0; i < 16; ++i) wr[i] = w.row(r + (i < n ? i : n - 1));
     const int8_t* xq = p.q;
     const float* xd = p.d;
     const int32_t* xb = p.bias;
     const __m512i s80 = _mm512_set1_epi8(static_cast<char>(0x80));
     __m512 f = _mm512_setzero_ps();
     auto fin = [&](__m512i S, int64_t b) {  // same float operations as dot<1>
-      const __m512i h = _mm512_i32gather_epi32(off, wr[0] + b * kBB, 1);
-      const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+      const __m512 dw = scales(wr, b * kBB);
       S = _mm512_add_epi32(S, _mm512_set1_epi32(xb[b]));
       f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S), _mm512_mul_ps(dw, _mm512_set1_ps(xd[b])), f);
     };
@@ -304,12 +316,7 @@ struct Q8T {
   static void pack_group(const MatView& w, int64_t r, int n, uint8_t* dst, const uint8_t* next) {
     const int64_t nb = w.cols / 32;
     const uint8_t* wr[16];
-    alignas(64) int32_t offs[16];
-    for (int i = 0; i < 16; ++i) {
-      wr[i] = w.row(r + (i < n ? i : n - 1));
-      offs[i] = static_cast<int32_t>(wr[i] - wr[0]);
-    }
-    const __m512i off = _mm512_load_si512(offs);
+    for (int i = 0; i < 16; ++i) wr[i] = w.row(r + (i < n ? i : n - 1));
     for (int64_t b = 0; b < nb; ++b) {
       if (next) {  // as in gemv: the next group streams in sequentially
         MX_UNROLL for (int o = 0; o < 16 * kBB; o += 64)
@@ -317,7 +324,7 @@ struct Q8T {
       }
       __m512i W[8];
       __m512 dw;
-      pack(wr, off, b, W, dw);
+      pack(wr, b, W, dw);
       uint8_t* d = dst + b * kPacked;
       MX_UNROLL for (int k = 0; k < 8; ++k) _mm512_store_si512(d + 64 * k, W[k]);
       _mm512_store_ps(d + 512, dw);
