@@ -19,6 +19,7 @@ Command add_make_tiny(CLI::App& app);
 Command add_repack(CLI::App& app);
 Command add_demo(CLI::App& app);
 Command add_bench(CLI::App& app);
+Command add_serve(CLI::App& app);
 
 std::vector<Command> all_commands(CLI::App& app);
 

@@ -1,0 +1,98 @@
+// `mixtral serve`: an OpenAI-compatible HTTP server (src/server/, docs/server.md). One engine
+// thread runs the scheduler over all requests (continuous batching); HTTP threads only parse,
+// enqueue and stream. SIGINT/SIGTERM stop it: running requests are cancelled, exit code 0.
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "formats/error.h"
+#include "runtime/scheduler.h"
+#include "runtime/tokenizer.h"
+#include "server/engine_loop.h"
+#include "server/http_server.h"
+
+namespace mx::cli {
+
+namespace {
+
+struct ServeArgs {
+  EngineOptions engine;
+  std::string host = "127.0.0.1";
+  int port = 8080, max_users = 32, context = 0;
+};
+
+// A flag, not sigwait: under mpirun, MPI's own threads exist before we could block signals.
+volatile std::sig_atomic_t g_signal = 0;
+extern "C" void on_signal(int sig) { g_signal = sig; }
+
+// The id /v1/models lists: the model folder's name (or the file's, for a GGUF).
+std::string model_name(const std::string& path) {
+  std::filesystem::path p(path);
+  while (p.has_parent_path() && p.filename().empty()) p = p.parent_path();
+  const std::string name = p.filename().string();
+  return name.empty() ? path : name;
+}
+
+int run(ServeArgs& a) {
+  if (a.port < 0 || a.port > 65535) fail("--port must be in 0..65535 (0: any free port)");
+  if (a.max_users < 1) fail("--max-users must be >= 1");
+  // httplib writes with flags 0: a client that hung up must not kill the server with SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
+  Engine e = open_engine(a.engine);
+  const ModelConfig& c = e.model->config;
+  const int ctx = a.context > 0 ? a.context : c.max_seq_len;
+  if (ctx < 2) fail("--context must be >= 2 tokens");
+  KvCache kv(c.n_layers, c.n_kv_heads * c.head_dim, ctx, e.kv_dtype);
+  SchedulerOptions so;
+  so.max_users = a.max_users;
+  server::EngineLoop engine(make_forward(e, kv), c.vocab, e.tokenizer->eos_id(), ctx, so);
+
+  server::ServerOptions o;
+  o.host = a.host;
+  o.port = a.port;
+  o.model_name = model_name(a.engine.model);
+  o.context = ctx;
+  o.max_users = a.max_users;
+  server::HttpServer http(engine, *e.tokenizer, o);
+  const int port = http.bind();
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  std::printf("mixtral serve: listening on http://%s:%d (model %s, context %d, %d users)\n", a.host.c_str(), port,
+              o.model_name.c_str(), ctx, a.max_users);
+  std::fflush(stdout);
+
+  std::atomic<bool> listening{true};
+  std::thread t([&] {
+    http.listen();
+    listening = false;
+  });
+  while (g_signal == 0 && listening) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (g_signal != 0) std::fprintf(stderr, "mixtral serve: %s, shutting down\n", strsignal(g_signal));
+  // Engine first: handlers waiting for tokens get "shutting down" and return, so the HTTP
+  // server can join its threads.
+  engine.stop();
+  http.stop();
+  t.join();
+  return g_signal != 0 ? 0 : 1;
+}
+
+}  // namespace
+
+Command add_serve(CLI::App& app) {
+  auto a = std::make_shared<ServeArgs>();
+  CLI::App* sub = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching and streaming");
+  add_engine_options(sub, a->engine);
+  sub->add_option("--host", a->host, "address to listen on")->default_val("127.0.0.1");
+  sub->add_option("--port", a->port, "TCP port (0: any free port, printed at start)")->default_val(8080);
+  sub->add_option("--max-users", a->max_users, "requests generating at once (KV-cache slots)")->default_val(32);
+  sub->add_option("--context", a->context, "tokens per request, prompt + max_tokens (default: the model's)");
+  return {sub, [a] { return run(*a); }};
+}
+
+}  // namespace mx::cli

@@ -1,0 +1,257 @@
+#include "server/api.h"
+
+#include <cstdio>
+#include <limits>
+
+#include "formats/error.h"
+#include "runtime/chat_format.h"
+#include "runtime/tokenizer.h"
+
+namespace mx::server {
+
+using nlohmann::json;
+
+ApiError::ApiError(int s, std::string message, std::string p, std::string t)
+    : std::runtime_error(std::move(message)), status(s), type(std::move(t)), param(std::move(p)) {}
+
+json error_json(const ApiError& e) {
+  return {{"error",
+           {{"message", e.what()},
+            {"type", e.type},
+            {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+            {"code", nullptr}}}};
+}
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+namespace {
+
+[[noreturn]] void bad(const std::string& param, const std::string& msg) { throw ApiError(400, msg, param); }
+
+json parse_body(const std::string& body) {
+  json j;
+  try {
+    j = json::parse(body);
+  } catch (const json::parse_error& e) {
+    bad("", std::string("invalid JSON in the request body: ") + e.what());
+  }
+  if (!j.is_object()) bad("", "the request body must be a JSON object");
+  return j;
+}
+
+// A field that is present and not null.
+bool given(const json& j, const char* key) { return j.contains(key) && !j[key].is_null(); }
+
+std::string num(double x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", x);
+  return b;
+}
+
+double number(const json& j, const char* key, double lo, double hi, bool lo_open = false) {
+  const json& v = j[key];
+  if (!v.is_number()) bad(key, std::string("'") + key + "' must be a number");
+  const double x = v.get<double>();
+  if (x < lo || x > hi || (lo_open && x == lo))
+    bad(key, std::string("'") + key + "' must be in " + (lo_open ? "(" : "[") + num(lo) + ", " + num(hi) + "], not " +
+                 v.dump());
+  return x;
+}
+
+int64_t integer(const json& j, const char* key, int64_t lo, int64_t hi) {
+  const json& v = j[key];
+  if (!v.is_number_integer()) bad(key, std::string("'") + key + "' must be an integer");
+  const bool too_big = v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(hi) : v.get<int64_t>() > hi;
+  const bool too_small = v.is_number_unsigned() ? lo > 0 && v.get<uint64_t>() < static_cast<uint64_t>(lo) : v.get<int64_t>() < lo;
+  if (too_big || too_small) {
+    const std::string range = hi == std::numeric_limits<int>::max() ? ">= " + std::to_string(lo)
+                                                                    : "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+    bad(key, std::string("'") + key + "' must be an integer " + range + ", not " + v.dump());
+  }
+  return v.get<int64_t>();
+}
+
+bool boolean(const json& j, const char* key) {
+  if (!j[key].is_boolean()) bad(key, std::string("'") + key + "' must be true or false");
+  return j[key].get<bool>();
+}
+
+// The fields both endpoints share. max_tokens is left at `default_max` (0: up to the context).
+void parse_common(const json& j, GenerationRequest& r, int default_max) {
+  if (given(j, "model") && !j["model"].is_string()) bad("model", "'model' must be a string");
+  if (given(j, "n") && integer(j, "n", std::numeric_limits<int>::min(), std::numeric_limits<int>::max()) != 1)
+    bad("n", "only n=1 is supported (one choice per request), not n=" + j["n"].dump());
+  if (given(j, "best_of") && j["best_of"] != 1) bad("best_of", "only best_of=1 is supported");
+  r.max_tokens = default_max;
+  const char* max_key = given(j, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  if (given(j, max_key)) r.max_tokens = static_cast<int>(integer(j, max_key, 1, std::numeric_limits<int>::max()));
+  if (given(j, "temperature")) r.sampling.temperature = static_cast<float>(number(j, "temperature", 0, 2));
+  if (given(j, "top_p")) r.sampling.top_p = static_cast<float>(number(j, "top_p", 0, 1, true));
+  if (given(j, "top_k")) r.sampling.top_k = static_cast<int>(integer(j, "top_k", 0, std::numeric_limits<int>::max()));
+  if (given(j, "seed"))
+    r.sampling.seed = static_cast<uint64_t>(
+        integer(j, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()));
+  if (given(j, "stop")) {
+    const json& s = j["stop"];
+    std::vector<json> items;
+    if (s.is_string()) items = {s};
+    else if (s.is_array()) items.assign(s.begin(), s.end());
+    else bad("stop", "'stop' must be a string or a list of strings");
+    for (const json& x : items) {
+      if (!x.is_string()) bad("stop", "'stop' must be a string or a list of strings");
+      if (x.get<std::string>().empty()) bad("stop", "'stop' strings must not be empty");
+      r.stop.push_back(x.get<std::string>());
+    }
+  }
+  if (given(j, "stream")) r.stream = boolean(j, "stream");
+  if (given(j, "stream_options")) {
+    const json& o = j["stream_options"];
+    if (!o.is_object()) bad("stream_options", "'stream_options' must be an object");
+    if (given(o, "include_usage")) {
+      if (!o["include_usage"].is_boolean()) bad("stream_options", "'stream_options.include_usage' must be true or false");
+      r.include_usage = o["include_usage"].get<bool>();
+    }
+  }
+}
+
+void check_prompt_tokens(const std::vector<int>& p, const Tokenizer& tok, const char* param) {
+  if (p.empty()) bad(param, std::string("'") + param + "' is empty");
+  for (size_t i = 0; i < p.size(); ++i)
+    if (!tok.is_valid(p[i]))
+      bad(param, std::string("'") + param + "' has unknown token id " + std::to_string(p[i]) + " at index " +
+                     std::to_string(i) + " (the vocabulary has " + std::to_string(tok.vocab_size()) + " tokens)");
+}
+
+// prompt + max_tokens must fit; max_tokens 0 means "the rest of the context".
+void fit_context(GenerationRequest& r, int context, const char* prompt_param) {
+  const long n = static_cast<long>(r.prompt.size());
+  if (n >= context)
+    bad(prompt_param, "the prompt has " + std::to_string(n) + " tokens but the context is " + std::to_string(context) +
+                          " tokens (room is needed for at least one new token)");
+  if (r.max_tokens == 0) {
+    r.max_tokens = static_cast<int>(context - n);
+  } else if (n + r.max_tokens > context) {
+    bad("max_tokens", "the prompt (" + std::to_string(n) + " tokens) + max_tokens (" + std::to_string(r.max_tokens) +
+                          ") = " + std::to_string(n + r.max_tokens) + " tokens exceeds the context of " +
+                          std::to_string(context) + " tokens");
+  }
+}
+
+}  // namespace
+
+GenerationRequest parse_completion_request(const std::string& body, const Tokenizer& tok, int context) {
+  const json j = parse_body(body);
+  GenerationRequest r;
+  parse_common(j, r, 16);  // OpenAI's default for completions
+  if (given(j, "echo") && j["echo"] != false) bad("echo", "'echo' is not supported");
+  if (given(j, "logprobs")) bad("logprobs", "'logprobs' is not supported");
+  if (given(j, "suffix") && j["suffix"] != "") bad("suffix", "'suffix' is not supported");
+  if (!given(j, "prompt")) bad("prompt", "'prompt' is required");
+  const json& p = j["prompt"];
+  auto from_text = [&](const std::string& s) {
+    if (s.empty()) bad("prompt", "'prompt' is empty");
+    return tok.encode(s, true);
+  };
+  if (p.is_string()) {
+    r.prompt = from_text(p.get<std::string>());
+  } else if (p.is_array() && p.size() == 1 && p[0].is_string()) {
+    r.prompt = from_text(p[0].get<std::string>());
+  } else if (p.is_array()) {
+    for (const json& t : p) {
+      if (t.is_string()) bad("prompt", "a list of several prompts is not supported; send one request per prompt");
+      if (!t.is_number_integer()) bad("prompt", "'prompt' must be a string or a list of token ids (integers)");
+      // Out-of-range values become an id that check_prompt_tokens reports.
+      const bool fits = t.is_number_unsigned() ? t.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int>::max())
+                                               : t.get<int64_t>() >= std::numeric_limits<int>::min();
+      r.prompt.push_back(fits ? static_cast<int>(t.get<int64_t>()) : -1);
+    }
+    check_prompt_tokens(r.prompt, tok, "prompt");
+  } else {
+    bad("prompt", "'prompt' must be a string or a list of token ids");
+  }
+  fit_context(r, context, "prompt");
+  return r;
+}
+
+GenerationRequest parse_chat_request(const std::string& body, const Tokenizer& tok, int context) {
+  const json j = parse_body(body);
+  GenerationRequest r;
+  r.chat = true;
+  parse_common(j, r, 0);  // OpenAI's chat default: as long as the context allows
+  if (given(j, "logprobs") && j["logprobs"] != false) bad("logprobs", "'logprobs' is not supported");
+  if (!given(j, "messages")) bad("messages", "'messages' is required");
+  const json& ms = j["messages"];
+  if (!ms.is_array()) bad("messages", "'messages' must be a list of {role, content} objects");
+  if (ms.empty()) bad("messages", "'messages' is empty");
+  std::vector<ChatMessage> messages;
+  for (size_t i = 0; i < ms.size(); ++i) {
+    const std::string where = "messages[" + std::to_string(i) + "]";
+    const json& m = ms[i];
+    if (!m.is_object()) bad("messages", "'" + where + "' must be an object with 'role' and 'content'");
+    if (!given(m, "role") || !m["role"].is_string()) bad("messages", "'" + where + ".role' must be a string");
+    if (!given(m, "content") || !m["content"].is_string())
+      bad("messages", "'" + where + ".content' must be a string");
+    messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+  }
+  if (messages.back().role != "user")
+    bad("messages", "the last message must have role 'user', not '" + messages.back().role + "'");
+  try {
+    r.prompt = encode_chat(tok, messages);
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    if (msg.rfind("chat: ", 0) == 0) msg = msg.substr(6);
+    bad("messages", msg);
+  }
+  fit_context(r, context, "messages");
+  return r;
+}
+
+namespace {
+
+json usage_json(const Usage& u) {
+  return {{"prompt_tokens", u.prompt_tokens},
+          {"completion_tokens", u.completion_tokens},
+          {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+}
+
+json head(const ResponseMeta& m, const char* object) {
+  return {{"id", m.id}, {"object", object}, {"created", m.created}, {"model", m.model}};
+}
+
+json finish_or_null(const std::string& f) { return f.empty() ? json(nullptr) : json(f); }
+
+}  // namespace
+
+json response_json(const ResponseMeta& m, const std::string& text, const std::string& finish_reason, const Usage& u) {
+  json r = head(m, m.chat ? "chat.completion" : "text_completion");
+  json choice = {{"index", 0}, {"finish_reason", finish_reason}, {"logprobs", nullptr}};
+  if (m.chat) choice["message"] = {{"role", "assistant"}, {"content", text}};
+  else choice["text"] = text;
+  r["choices"] = json::array({choice});
+  r["usage"] = usage_json(u);
+  return r;
+}
+
+json chunk_json(const ResponseMeta& m, const std::string& text, const std::string& finish_reason, bool first) {
+  json r = head(m, m.chat ? "chat.completion.chunk" : "text_completion");
+  json choice = {{"index", 0}, {"finish_reason", finish_or_null(finish_reason)}, {"logprobs", nullptr}};
+  if (m.chat) {
+    json delta = json::object();
+    if (first) delta["role"] = "assistant";
+    if (!text.empty() || (first && finish_reason.empty())) delta["content"] = text;
+    choice["delta"] = delta;
+  } else {
+    choice["text"] = text;
+  }
+  r["choices"] = json::array({choice});
+  return r;
+}
+
+json usage_chunk_json(const ResponseMeta& m, const Usage& u) {
+  json r = head(m, m.chat ? "chat.completion.chunk" : "text_completion");
+  r["choices"] = json::array();
+  r["usage"] = usage_json(u);
+  return r;
+}
+
+}  // namespace mx::server

@@ -1,0 +1,68 @@
+// The OpenAI-compatible request and response JSON of `mixtral serve`: parsing and validating
+// /v1/completions and /v1/chat/completions bodies into plain structs, and building the
+// response, stream-chunk and error objects. No HTTP and no engine here.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "runtime/sampling.h"
+
+namespace mx {
+class Tokenizer;
+}
+
+namespace mx::server {
+
+// An OpenAI-style error: {"error": {"message", "type", "param", "code"}} with an HTTP status.
+struct ApiError : std::runtime_error {
+  int status;
+  std::string type, param;  // param: the offending field, "" for none
+  ApiError(int status, std::string message, std::string param = "",
+           std::string type = "invalid_request_error");
+};
+nlohmann::json error_json(const ApiError& e);
+
+struct GenerationRequest {
+  bool chat = false;
+  std::vector<int> prompt;          // BOS included
+  int max_tokens = 16;
+  SamplingParams sampling;          // the engine's defaults unless given
+  std::vector<std::string> stop;    // non-empty strings
+  bool stream = false;
+  bool include_usage = false;       // stream_options.include_usage: a last chunk with usage
+};
+
+// Throw ApiError (status 400) naming the field for invalid JSON, a missing or ill-typed field,
+// an empty prompt, unknown token ids, n != 1, unsupported options, or a prompt + max_tokens
+// over `context`. Unknown fields are ignored, as OpenAI clients send many optional ones.
+GenerationRequest parse_completion_request(const std::string& body, const Tokenizer& tok, int context);
+GenerationRequest parse_chat_request(const std::string& body, const Tokenizer& tok, int context);
+
+// What every response and chunk of one request shares.
+struct ResponseMeta {
+  bool chat = false;
+  std::string id;     // "cmpl-…" / "chatcmpl-…"
+  int64_t created = 0;
+  std::string model;
+};
+struct Usage {
+  int prompt_tokens = 0, completion_tokens = 0;
+};
+
+// The whole (non-streamed) response.
+nlohmann::json response_json(const ResponseMeta& m, const std::string& text,
+                             const std::string& finish_reason, const Usage& u);
+// One stream chunk: `text` as choices[0].text / delta.content; finish_reason null when empty.
+// `first` adds delta.role for chat.
+nlohmann::json chunk_json(const ResponseMeta& m, const std::string& text,
+                          const std::string& finish_reason, bool first);
+// The extra last chunk with empty choices and usage (stream_options.include_usage).
+nlohmann::json usage_chunk_json(const ResponseMeta& m, const Usage& u);
+
+// Serializes for the wire; invalid UTF-8 (never expected) becomes U+FFFD instead of throwing.
+std::string dump(const nlohmann::json& j);
+
+}  // namespace mx::server

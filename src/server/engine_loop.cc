@@ -1,0 +1,224 @@
+#include "server/engine_loop.h"
+
+#include <cstdio>
+
+namespace mx::server {
+
+bool Job::wait(std::vector<int>& out, std::chrono::milliseconds timeout) {
+  std::unique_lock lk(m_);
+  if (pending_.empty() && !done_) cv_.wait_for(lk, timeout, [&] { return !pending_.empty() || done_; });
+  const bool changed = !pending_.empty() || done_;
+  out.insert(out.end(), pending_.begin(), pending_.end());
+  pending_.clear();
+  return changed;
+}
+
+bool Job::done() const {
+  std::lock_guard lk(m_);
+  return done_ && pending_.empty();
+}
+
+FinishReason Job::finish() const {
+  std::lock_guard lk(m_);
+  return finish_;
+}
+
+std::string Job::error() const {
+  std::lock_guard lk(m_);
+  return error_;
+}
+
+int Job::error_status() const {
+  std::lock_guard lk(m_);
+  return error_status_;
+}
+
+void Job::push(int token) {
+  {
+    std::lock_guard lk(m_);
+    pending_.push_back(token);
+  }
+  cv_.notify_all();
+}
+
+void Job::end(FinishReason r, const std::string& error, int status) {
+  {
+    std::lock_guard lk(m_);
+    if (done_) return;
+    done_ = true;
+    finish_ = r;
+    error_ = error;
+    error_status_ = status;
+  }
+  cv_.notify_all();
+}
+
+EngineLoop::EngineLoop(Scheduler::ForwardFn forward, int vocab, int eos_id, int context, SchedulerOptions opt)
+    : forward_(std::move(forward)), vocab_(vocab), eos_id_(eos_id), context_(context), opt_(opt) {
+  sched_.emplace(forward_, vocab_, eos_id_, context_, opt_);
+  thread_ = std::thread([this] { run(); });
+}
+
+EngineLoop::~EngineLoop() { stop(); }
+
+std::shared_ptr<Job> EngineLoop::submit(Request r) {
+  auto job = std::make_shared<Job>();
+  job->req_ = std::move(r);
+  {
+    std::lock_guard lk(m_);
+    if (!stopping_) {
+      incoming_.push_back(job);
+      cv_.notify_all();
+      return job;
+    }
+  }
+  job->end(FinishReason::Cancelled, "the server is shutting down", 503);
+  return job;
+}
+
+void EngineLoop::cancel(const std::shared_ptr<Job>& job) {
+  std::lock_guard lk(m_);
+  cancels_.push_back(job);
+  cv_.notify_all();
+}
+
+void EngineLoop::stop() {
+  {
+    std::lock_guard lk(m_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+EngineStats EngineLoop::stats() const {
+  std::lock_guard lk(m_);
+  EngineStats s = stats_;
+  s.waiting = static_cast<int>(incoming_.size());
+  return s;
+}
+
+void EngineLoop::admit(std::vector<std::shared_ptr<Job>>& in) {
+  for (auto& job : in) {
+    try {
+      Request r = job->req_;
+      // submit() gives the next user id, n_users(); see seed_for_stream.
+      r.sampling.seed = seed_for_stream(r.sampling.seed, static_cast<uint64_t>(sched_->n_users()));
+      const int id = sched_->submit(std::move(r));
+      job->user_ = id;
+      jobs_[id] = job;
+    } catch (const std::exception& e) {
+      // The HTTP layer validates first, so this is a request the scheduler still refuses.
+      job->end(FinishReason::None, e.what(), 400);
+    }
+  }
+}
+
+void EngineLoop::end_all(const std::string& error, int status) {
+  for (auto& [id, job] : jobs_) {
+    sched_->cancel(id);
+    job->end(FinishReason::Cancelled, error, status);
+  }
+  jobs_.clear();
+  std::deque<std::shared_ptr<Job>> left;
+  {
+    std::lock_guard lk(m_);
+    left.swap(incoming_);
+    cancels_.clear();
+  }
+  for (auto& job : left) job->end(FinishReason::Cancelled, error, status);
+}
+
+void EngineLoop::run() {
+  // The scheduler keeps every user it ever saw; starting a fresh one when idle bounds that.
+  constexpr int kRenewAfterUsers = 1024;
+  std::unique_lock lk(m_);
+  while (true) {
+    cv_.wait(lk, [&] { return stopping_ || !incoming_.empty() || !cancels_.empty() || sched_->busy(); });
+    if (stopping_) break;
+    std::vector<std::shared_ptr<Job>> in(incoming_.begin(), incoming_.end());
+    std::vector<std::shared_ptr<Job>> cancels(cancels_.begin(), cancels_.end());
+    incoming_.clear();
+    cancels_.clear();
+    lk.unlock();
+
+    admit(in);
+    int64_t ended = 0, cancelled = 0;
+    for (auto& job : cancels) {
+      auto it = job->user_ >= 0 ? jobs_.find(job->user_) : jobs_.end();
+      if (it == jobs_.end()) continue;  // already finished
+      sched_->cancel(job->user_);
+      job->end(FinishReason::Cancelled);
+      jobs_.erase(it);
+      ++ended;
+      ++cancelled;
+    }
+    if (sched_->busy()) {
+      try {
+        sched_->step([&](int id, int token) { jobs_.at(id)->push(token); },
+                     [&](int id) {
+                       jobs_.at(id)->end(sched_->user(id).finish);
+                       jobs_.erase(id);
+                       ++ended;
+                     });
+      } catch (const std::exception& e) {
+        // The requests of a step that failed cannot go on; the server can.
+        std::fprintf(stderr, "mixtral serve: a forward step failed: %s\n", e.what());
+        ended += static_cast<int64_t>(jobs_.size());
+        for (auto& [id, job] : jobs_) {
+          sched_->cancel(id);
+          job->end(FinishReason::None, std::string("the engine failed: ") + e.what(), 500);
+        }
+        jobs_.clear();
+      }
+    }
+    if (!sched_->busy() && sched_->n_users() >= kRenewAfterUsers) sched_.emplace(forward_, vocab_, eos_id_, context_, opt_);
+
+    lk.lock();
+    stats_.running = static_cast<int>(jobs_.size());
+    stats_.completed += ended;
+    stats_.cancelled += cancelled;
+  }
+  lk.unlock();
+  end_all("the server is shutting down", 503);
+  lk.lock();
+  stats_.running = 0;
+}
+
+namespace {
+
+// The multiplicative inverse of an odd number mod 2^64 (Newton's iteration doubles the
+// correct low bits each round: 3 -> 6 -> ... -> 96).
+constexpr uint64_t inverse(uint64_t a) {
+  uint64_t x = a;
+  for (int i = 0; i < 5; ++i) x *= 2 - a * x;
+  return x;
+}
+
+constexpr uint64_t kGamma = 0x9e3779b97f4a7c15ULL, kM1 = 0xbf58476d1ce4e5b9ULL, kM2 = 0x94d049bb133111ebULL;
+
+uint64_t splitmix64(uint64_t x) {
+  uint64_t z = x + kGamma;
+  z = (z ^ (z >> 30)) * kM1;
+  z = (z ^ (z >> 27)) * kM2;
+  return z ^ (z >> 31);
+}
+
+// The x with splitmix64(x) == r.
+uint64_t unsplitmix64(uint64_t r) {
+  uint64_t z = r ^ (r >> 31) ^ (r >> 62);
+  z *= inverse(kM2);
+  z ^= (z >> 27) ^ (z >> 54);
+  z *= inverse(kM1);
+  z ^= (z >> 30) ^ (z >> 60);
+  return z - kGamma;
+}
+
+}  // namespace
+
+uint64_t seed_for_stream(uint64_t seed, uint64_t stream) {
+  // Rng(seed, stream) starts from splitmix64(seed) ^ stream * K (runtime/sampling.cc).
+  return unsplitmix64(splitmix64(seed) ^ (stream * 0xd1b54a32d192ed03ULL));
+}
+
+}  // namespace mx::server
