@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -174,6 +175,11 @@ std::string stream_text(const std::vector<std::string>& events, bool chat, std::
     if (!ch["finish_reason"].is_null() && finish) *finish = ch["finish_reason"];
   }
   return text;
+}
+
+json health(int port) {
+  auto r = client(port)->Get("/health");
+  return r ? json::parse(r->body) : json();
 }
 
 json completion(const std::string& prompt, int max_tokens) {
@@ -412,6 +418,10 @@ TEST(Server, BadInputGetsOpenAiErrors) {
     else EXPECT_EQ(e["param"], c.param) << c.body;
     EXPECT_NE(e["message"].get<std::string>().find(c.says), std::string::npos) << c.body << " -> " << e["message"];
   }
+  // Deeply nested JSON is an error, not a stack overflow.
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  EXPECT_EQ(post(s.port(), "/v1/completions", deep).status, 400);
+  EXPECT_EQ(post(s.port(), "/v1/completions", "{\"prompt\": " + deep + "}").status, 400);
   auto cli = client(s.port());
   auto r = cli->Get("/v1/nothing");
   ASSERT_TRUE(r);
@@ -437,6 +447,29 @@ TEST(Server, BadInputGetsOpenAiErrors) {
   EXPECT_EQ(ok.body["usage"]["total_tokens"].get<int>() <= 64, true);
 }
 
+TEST(Server, SameResultsAfterSchedulerRenewal) {
+  // The engine starts a fresh scheduler when idle after 1024 requests (engine_loop.cc).
+  ServerProcess s("--max-users 4");
+  const Reply before = post(s.port(), "/v1/completions", completion(kPrompts[4], 12));
+  ASSERT_EQ(before.status, 200);
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      auto c = client(s.port());
+      for (int i = 0; i < 260; ++i) {
+        auto r = c->Post("/v1/completions", completion("Hi", 1).dump(), "application/json");
+        if (r && r->status == 200) ++ok;
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok, 1040);
+  const Reply after = post(s.port(), "/v1/completions", completion(kPrompts[4], 12));
+  ASSERT_EQ(after.status, 200);
+  EXPECT_EQ(after.body["choices"][0]["text"], before.body["choices"][0]["text"]);
+  EXPECT_EQ(health(s.port())["completed"], 1042);
+}
+
 TEST(Server, ModelsAndHealth) {
   ServerProcess s;
   auto cli = client(s.port());
@@ -452,11 +485,6 @@ TEST(Server, ModelsAndHealth) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
   EXPECT_EQ(json::parse(r->body)["status"], "ok");
-}
-
-json health(int port) {
-  auto r = client(port)->Get("/health");
-  return r ? json::parse(r->body) : json();
 }
 
 TEST(Server, ClientLeavingMidStreamFreesItsSlot) {

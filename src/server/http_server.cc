@@ -199,9 +199,12 @@ struct HttpServer::Impl {
     // same JSON error object; our own errors already have a body.
     svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-      const std::string msg = res.status == 404 ? "unknown endpoint: " + req.method + " " + req.path
-                              : res.status == 413 ? "the request body is too large"
-                                                  : "HTTP error " + std::to_string(res.status);
+      std::string msg = res.status == 404 ? "unknown endpoint: " + req.method + " " + req.path
+                        : res.status == 413 ? "the request body is too large (64 MiB at most)"
+                                            : "HTTP error " + std::to_string(res.status);
+      // httplib caps form-encoded bodies (curl -d without a Content-Type) at 8 KiB.
+      if (res.status == 413 && req.get_header_value("Content-Type").find("x-www-form-urlencoded") != std::string::npos)
+        msg = "a form-encoded request body is limited to 8192 bytes; send it with Content-Type: application/json";
       res.set_content(dump(error_json(ApiError(res.status, msg))), "application/json");
       return httplib::Server::HandlerResponse::Handled;
     }));
