@@ -74,6 +74,7 @@ int run(ServeArgs& a) {
   });
   while (g_signal == 0 && listening) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   if (g_signal != 0) std::fprintf(stderr, "mixtral serve: %s, shutting down\n", strsignal(g_signal));
+  else std::fprintf(stderr, "mixtral serve: error: the HTTP server stopped accepting connections\n");
   // Engine first: handlers waiting for tokens get "shutting down" and return, so the HTTP
   // server can join its threads.
   engine.stop();

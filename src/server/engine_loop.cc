@@ -98,7 +98,8 @@ EngineStats EngineLoop::stats() const {
   return s;
 }
 
-void EngineLoop::admit(std::vector<std::shared_ptr<Job>>& in) {
+int EngineLoop::admit(std::vector<std::shared_ptr<Job>>& in) {
+  int refused = 0;
   for (auto& job : in) {
     try {
       Request r = job->req_;
@@ -110,8 +111,10 @@ void EngineLoop::admit(std::vector<std::shared_ptr<Job>>& in) {
     } catch (const std::exception& e) {
       // The HTTP layer validates first, so this is a request the scheduler still refuses.
       job->end(FinishReason::None, e.what(), 400);
+      ++refused;
     }
   }
+  return refused;
 }
 
 void EngineLoop::end_all(const std::string& error, int status) {
@@ -142,8 +145,7 @@ void EngineLoop::run() {
     cancels_.clear();
     lk.unlock();
 
-    admit(in);
-    int64_t ended = 0, cancelled = 0;
+    int64_t ended = admit(in), cancelled = 0;
     for (auto& job : cancels) {
       auto it = job->user_ >= 0 ? jobs_.find(job->user_) : jobs_.end();
       if (it == jobs_.end()) continue;  // already finished

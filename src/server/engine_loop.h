@@ -73,7 +73,7 @@ class EngineLoop {
 
  private:
   void run();
-  void admit(std::vector<std::shared_ptr<Job>>& in);
+  int admit(std::vector<std::shared_ptr<Job>>& in);  // returns how many were refused
   void end_all(const std::string& error, int status);
 
   Scheduler::ForwardFn forward_;
