@@ -88,7 +88,8 @@ struct HttpServer::Impl {
       if (job->done()) break;
     }
     if (!ts.stopped() && !job->error().empty()) {
-      send_error(res, ApiError(job->error_status(), job->error(), "", job->error_status() >= 500 ? "server_error" : "invalid_request_error"));
+      const int status = job->error_status();
+      send_error(res, ApiError(status, job->error(), "", status >= 500 ? "server_error" : "invalid_request_error"));
       return;
     }
     text += ts.finish();
