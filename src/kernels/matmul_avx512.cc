@@ -133,6 +133,12 @@ void fill_plain_512(const float* x, int64_t cols, float* dst, int64_t stride) {
 #ifndef MX_PF16_HINT
 #define MX_PF16_HINT _MM_HINT_T0
 #endif
+#ifndef MX_Q8T_FUSED
+#define MX_Q8T_FUSED 16
+#endif
+#ifndef MX_Q8T_FT
+#define MX_Q8T_FT 16
+#endif
 #ifndef MX_Q8T_L2
 #define MX_Q8T_L2 (384 * 1024)
 #endif
@@ -156,7 +162,8 @@ inline void prefetch_span(const uint8_t* p) {
 // which every token tile then reads.
 struct Q8T {
   static constexpr int kBB = 34;
-  static constexpr int kMT = 8;
+  static constexpr int kMT = 8;   // token tile of the packed path
+  static constexpr int kFT = MX_Q8T_FT;  // largest token tile of the fused path
   static constexpr int kPacked = 9 * 64;  // 8 weight vectors + 16 f32 scales per block
 
   // f16 scales of block b of the 16 rows as f32 lanes. Built from 16 scalar loads packed four
@@ -201,11 +208,26 @@ struct Q8T {
     dw = scales(wr, o);
   }
 
-  // Integer sums k-outer / token-inner: NT (x 2 when NT < 4) independent vpdpbusd chains, so
-  // the multiply units never wait on one chain's latency (exact, so the split is invisible).
+  // Integer sums k-outer / token-inner up to 8 tokens: NT (x 2 when NT < 4) independent
+  // vpdpbusd chains, so the multiply units never wait on one chain's latency. More tokens
+  // (fused tiles of 9..16) go token by token (two chains each), which keeps the live registers
+  // at 8 W + NT accumulators + 2. Integer sums are exact, so the split is invisible.
   template <int NT>
   static inline void dot(const __m512i (&W)[8], __m512 dw, int64_t b, const int8_t* const* xq,
                          const float* const* xd, const int32_t* const* xb, __m512 (&f)[NT]) {
+    if constexpr (NT > 8) {
+      MX_UNROLL for (int j = 0; j < NT; ++j) {
+        const uint8_t* xp = reinterpret_cast<const uint8_t*>(xq[j] + 32 * b);
+        __m512i a0 = _mm512_set1_epi32(xb[j][b]), a1 = _mm512_setzero_si512();
+        MX_UNROLL for (int k = 0; k < 8; k += 2) {
+          a0 = dpbusd_bcast(a0, W[k], xp + 4 * k);
+          a1 = dpbusd_bcast(a1, W[k + 1], xp + 4 * k + 4);
+        }
+        f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)),
+                               _mm512_mul_ps(dw, _mm512_set1_ps(xd[j][b])), f[j]);
+      }
+      return;
+    }
     constexpr int kC = NT < 4 ? 2 : 1;  // chains per token
     __m512i a[kC][NT];
     MX_UNROLL for (int j = 0; j < NT; ++j) {
@@ -354,15 +376,15 @@ struct Q8T {
   // DRAM the transposition now overlaps the weight stream instead of alternating with it:
   // 14336 x 4096, 8 tokens, 2 threads 2.5 -> 1.47 ms (memory bound).
   template <int NT>
-  static void fused(const MatView& w, const Prepared& p, int64_t r, int n, float* y, int64_t ldy,
-                    const uint8_t* next) {
+  static void fused(const MatView& w, const Prepared& p, int64_t r, int n, int64_t t, float* y,
+                    int64_t ldy, const uint8_t* next) {
     const int64_t nb = w.cols / 32;
     const uint8_t* wr[16];
     for (int i = 0; i < 16; ++i) wr[i] = w.row(r + (i < n ? i : n - 1));
     const int8_t* xq[NT];
     const float* xd[NT];
     const int32_t* xb[NT];
-    acts(p, 0, NT, xq, xd, xb);
+    acts(p, t, NT, xq, xd, xb);
     __m512 f[NT];
     MX_UNROLL for (int j = 0; j < NT; ++j) f[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
@@ -375,16 +397,16 @@ struct Q8T {
       pack(wr, b, W, dw);
       dot<NT>(W, dw, b, xq, xd, xb, f);
     }
-    store<NT>(f, 0, r, n, y, ldy);
+    store<NT>(f, t, r, n, y, ldy);
   }
 
-  template <int NT = kMT>
-  static void fused_n(int nt, const MatView& w, const Prepared& p, int64_t r, int n, float* y,
-                      int64_t ldy, const uint8_t* next) {
-    if constexpr (NT > 2) {
-      if (nt < NT) return fused_n<NT - 1>(nt, w, p, r, n, y, ldy, next);
+  template <int NT = kFT>
+  static void fused_n(int nt, const MatView& w, const Prepared& p, int64_t r, int n, int64_t t,
+                      float* y, int64_t ldy, const uint8_t* next) {
+    if constexpr (NT > 1) {
+      if (nt < NT) return fused_n<NT - 1>(nt, w, p, r, n, t, y, ldy, next);
     }
-    fused<NT>(w, p, r, n, y, ldy, next);
+    fused<NT>(w, p, r, n, t, y, ldy, next);
   }
 
   template <int NT = kMT>
@@ -409,10 +431,13 @@ struct Q8T {
     }
     const int64_t nb = w.cols / 32;
     const bool dense = w.stride == static_cast<size_t>(nb * kBB);  // rows back to back
-    if (T <= kMT) {
+    if (T <= MX_Q8T_FUSED) {
       for (int64_t r = r0; r < r1; r += 16) {
         const uint8_t* next = r + 32 <= r1 && dense ? w.row(r + 16) : nullptr;
-        fused_n(static_cast<int>(T), w, p, r, static_cast<int>(r1 - r < 16 ? r1 - r : 16), y, ldy, next);
+        for (int64_t t = 0; t < T; t += kFT) {
+          const int nt = static_cast<int>(T - t < kFT ? T - t : kFT);
+          fused_n(nt, w, p, r, static_cast<int>(r1 - r < 16 ? r1 - r : 16), t, y, ldy, t == 0 ? next : nullptr);
+        }
       }
       return;
     }
