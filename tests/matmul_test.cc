@@ -310,6 +310,33 @@ TEST(Matmul, DeterministicLongRows) {
   }
 }
 
+// Q8_0 has several multi-token kernels on the AVX-512 path (register-transposed tiles up to
+// 16 tokens, packed 32-row x 4-token and 16-row x 8-token tiles, ragged row groups); every
+// token count must give each token exactly its one-token GEMV result.
+TEST(Matmul, Q8TokenCountsMatchGemvBitForBit) {
+  PathGuard guard;
+  std::mt19937 rng(21);
+  const int64_t rows = 87, cols = 320, n = 41;  // 5 full 16-row groups + 7 rows
+  auto w = random_weights(DType::Q8_0, rows, cols, rng);
+  auto x = random_acts(n, cols, rng);
+  const MatView v = view(DType::Q8_0, w, rows, cols);
+  ThreadPool p1(1), p2(2);
+  for (SimdPath p : simd_paths()) {
+    std::vector<std::vector<float>> one(n);
+    for (int64_t tk = 0; tk < n; ++tk) {
+      std::vector<float> xt(x.begin() + tk * cols, x.begin() + (tk + 1) * cols);
+      one[tk] = run(p, v, xt, 1, p1);
+    }
+    for (int64_t len = 2; len <= n; ++len) {
+      std::vector<float> xs(x.begin(), x.begin() + len * cols);
+      const auto y = run(p, v, xs, len, len % 2 ? p1 : p2);
+      for (int64_t tk = 0; tk < len; ++tk)
+        ASSERT_EQ(0, std::memcmp(one[tk].data(), y.data() + tk * rows, rows * sizeof(float)))
+            << simd_path_name(p) << " tokens " << len << " token " << tk;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTypes, MatmulTypes, ::testing::ValuesIn(kAllTypes),
                          [](const ::testing::TestParamInfo<DType>& i) {
                            return std::string(dtype_info(i.param).name);
