@@ -492,8 +492,7 @@ struct Q8T {
     const int64_t gbytes = nb * kPacked;
     // 16-row groups per packed row block; one token tile needs no reuse beyond one group.
     int64_t gpb = MX_Q8T_L2 / gbytes;
-    if (gpb > 1) gpb &= ~int64_t{1};  // whole 32-row pairs
-    if (gpb < 1) gpb = 1;
+    gpb = gpb < 2 ? 2 : gpb & ~int64_t{1};  // whole 32-row pairs (wide rows: 2 groups anyway)
     thread_local Arena buf;
     const int64_t ng_all = (r1 - r0 + 15) / 16;
     if (gpb > ng_all) gpb = ng_all;
