@@ -89,6 +89,41 @@ TEST(Cli, ScoreCompareSummarizesAgreement) {
             std::string::npos) << r.err;
 }
 
+// `bench --json`: the documented object (README, issue 5), with figures that are measured,
+// not constants; and its argument errors.
+TEST(Cli, BenchJsonSchemaAndErrors) {
+  const std::string model = test::data_path("tiny-mixtral/hf");
+  auto r = run_cli("bench --model " + model + " --threads 2 --prompt 16 --gen 4 --batch 1,3 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["threads"], 2);
+  for (const char* k : {"read_gbps", "int8_gops", "bf16_gflops"}) EXPECT_GT(j["ceilings"][k].get<double>(), 0) << k;
+  EXPECT_EQ(j["prefill"]["tokens"], 16);
+  EXPECT_GT(j["prefill"]["tokens_per_s"].get<double>(), 0);
+  EXPECT_GT(j["prefill"]["roofline_tokens_per_s"].get<double>(), 0);
+  ASSERT_EQ(j["decode"].size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const auto& d = j["decode"][i];
+    EXPECT_EQ(d["batch"], i == 0 ? 1 : 3);
+    EXPECT_GT(d["tokens_per_s"].get<double>(), 0);
+    EXPECT_GT(d["roofline_tokens_per_s"].get<double>(), 0);
+    // tokens_per_s is the aggregate over the batch.
+    EXPECT_NEAR(d["tokens_per_s"].get<double>(), d["per_user_tokens_per_s"].get<double>() * d["batch"].get<double>(),
+                1e-6 * d["tokens_per_s"].get<double>());
+  }
+  EXPECT_GT(j["ttft_ms"].get<double>(), 0);
+  // Peak RSS is the engine's: the tiny model needs far less than the probe's 256 MiB buffer.
+  EXPECT_GT(j["peak_rss_mb"].get<double>(), 1);
+  EXPECT_LT(j["peak_rss_mb"].get<double>(), 200);
+
+  r = run_cli("bench --model " + model + " --batch 1,x");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--batch: 'x' is not a number"), std::string::npos) << r.err;
+  r = run_cli("bench --model " + model + " --prompt 40000 --gen 2 --batch 1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("do not fit the model's context of 32768 tokens"), std::string::npos) << r.err;
+}
+
 TEST(Cli, ScoreTextAddsBosAndTokensValidate) {
   auto r = run_cli("score --model " + kHf + " --text 'Mistral.ai is a company that' --top 3");
   ASSERT_EQ(r.exit_code, 0) << r.err;
