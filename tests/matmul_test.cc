@@ -313,13 +313,13 @@ TEST(Matmul, DeterministicLongRows) {
 // Q8_0 has several multi-token kernels on the AVX-512 path (register-transposed tiles up to
 // 16 tokens, packed 32-row x 4-token and 16-row x 8-token tiles, ragged row groups); every
 // token count must give each token exactly its one-token GEMV result.
-TEST(Matmul, Q8TokenCountsMatchGemvBitForBit) {
-  PathGuard guard;
-  std::mt19937 rng(21);
-  const int64_t rows = 87, cols = 320, n = 41;  // 5 full 16-row groups + 7 rows
-  auto w = random_weights(DType::Q8_0, rows, cols, rng);
+// Every token count 2..n against one GEMV per token, bit for bit (each token count picks its
+// own tiling / packing path).
+void token_counts_match_gemv(DType t, int64_t rows, int64_t cols, int64_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  auto w = random_weights(t, rows, cols, rng);
   auto x = random_acts(n, cols, rng);
-  const MatView v = view(DType::Q8_0, w, rows, cols);
+  const MatView v = view(t, w, rows, cols);
   ThreadPool p1(1), p2(2);
   for (SimdPath p : simd_paths()) {
     std::vector<std::vector<float>> one(n);
@@ -332,9 +332,21 @@ TEST(Matmul, Q8TokenCountsMatchGemvBitForBit) {
       const auto y = run(p, v, xs, len, len % 2 ? p1 : p2);
       for (int64_t tk = 0; tk < len; ++tk)
         ASSERT_EQ(0, std::memcmp(one[tk].data(), y.data() + tk * rows, rows * sizeof(float)))
-            << simd_path_name(p) << " tokens " << len << " token " << tk;
+            << simd_path_name(p) << " " << dtype_info(t).name << " tokens " << len << " token " << tk;
     }
   }
+}
+
+TEST(Matmul, Q8TokenCountsMatchGemvBitForBit) {
+  PathGuard guard;
+  token_counts_match_gemv(DType::Q8_0, 87, 320, 41, 21);  // 5 full 16-row groups + 7 rows
+}
+
+TEST(Matmul, Q4TokenCountsMatchGemvBitForBit) {
+  PathGuard guard;
+  // 5 full 16-row groups + 7 rows; 11 blocks (odd: a lone last block, ragged last group of 4).
+  token_counts_match_gemv(DType::Q4_0, 87, 352, 41, 22);
+  token_counts_match_gemv(DType::Q4_0, 40, 256, 35, 23);  // 8 blocks: whole groups only
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, MatmulTypes, ::testing::ValuesIn(kAllTypes),
