@@ -115,6 +115,10 @@ TEST(Cli, BenchJsonSchemaAndErrors) {
   // Peak RSS is the engine's: the tiny model needs far less than the probe's 256 MiB buffer.
   EXPECT_GT(j["peak_rss_mb"].get<double>(), 1);
   EXPECT_LT(j["peak_rss_mb"].get<double>(), 200);
+  // One process holds every expert (ranks report their share under mpirun, tests/mpi_test.sh).
+  ASSERT_EQ(j["per_rank"].size(), 1u);
+  EXPECT_EQ(j["per_rank"][0]["n_experts"], 8);
+  EXPECT_GT(j["per_rank"][0]["expert_mb"].get<double>(), 0);
 
   r = run_cli("bench --model " + model + " --batch 1,x");
   EXPECT_EQ(r.exit_code, 1);

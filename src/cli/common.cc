@@ -62,6 +62,7 @@ Engine open_engine(const EngineOptions& o) {
   };
   if (!ep::distributed()) {
     load();
+    ep::note_local_model(*e.model);
     return e;
   }
   ep::open_begin();

@@ -188,11 +188,6 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
   r.ranks = ep::world().size;
   for (const ep::RankStats& rs : ep::gather_rank_stats())
     r.per_rank.push_back({rs.rank, rs.first_expert, rs.n_experts, rs.peak_rss_mb, rs.expert_mb});
-  if (r.ranks == 1 && r.per_rank.size() == 1 && r.per_rank[0].n_experts == 0) {
-    // One process (no MPI runtime to ask) holds every expert.
-    r.per_rank[0].n_experts = c.n_experts;
-    r.per_rank[0].expert_mb = wb.expert * c.n_experts * c.n_layers / (1024.0 * 1024.0);
-  }
   return r;
 }
 

@@ -234,7 +234,6 @@ void run_test_hooks(int layer, int n_layers) {
 }
 
 void install_runner(Model& m, ThreadPool& pool) {
-  Runtime& r = rt();
   Model* raw = &m;
   m.experts = [raw, &pool](int layer, const float* x, int dim, const MoeRouting& route, float* y) {
     run_local_experts(raw->weights.layers[static_cast<size_t>(layer)], x, dim, route, y, pool);
@@ -243,16 +242,7 @@ void install_runner(Model& m, ThreadPool& pool) {
     Runtime& rr = rt();
     if (++rr.layers_done >= raw->config.n_layers) rr.step_open = false;
   };
-  const int per = m.config.n_experts / r.world.size;
-  r.first_expert = r.world.rank * per;
-  r.n_experts = per;
-  double bytes = 0;
-  for (const LayerWeights& lw : m.weights.layers)
-    for (const ExpertWeights& e : lw.experts)
-      if (e.present)
-        bytes += static_cast<double>(e.w1.rows) * e.w1.stride + static_cast<double>(e.w3.rows) * e.w3.stride +
-                 static_cast<double>(e.w2.rows) * e.w2.stride;
-  r.expert_mb = bytes / (1024.0 * 1024.0);
+  note_local_model(m);
 }
 
 // What must agree across ranks for their hidden states to stay identical: config, layout
@@ -474,6 +464,29 @@ struct Follower {
 };
 
 }  // namespace
+
+void note_local_model(const Model& m) {
+  Runtime& r = rt();
+  // Derived from what this process holds, so one process and any rank are counted alike.
+  r.first_expert = -1;
+  r.n_experts = 0;
+  double bytes = 0;
+  if (!m.weights.layers.empty()) {
+    const auto& first = m.weights.layers.front().experts;
+    for (size_t e = 0; e < first.size(); ++e)
+      if (first[e].present) {
+        if (r.first_expert < 0) r.first_expert = static_cast<int>(e);
+        ++r.n_experts;
+      }
+  }
+  if (r.first_expert < 0) r.first_expert = 0;
+  for (const LayerWeights& lw : m.weights.layers)
+    for (const ExpertWeights& e : lw.experts)
+      if (e.present)
+        bytes += static_cast<double>(e.w1.rows) * e.w1.stride + static_cast<double>(e.w3.rows) * e.w3.stride +
+                 static_cast<double>(e.w2.rows) * e.w2.stride;
+  r.expert_mb = bytes / (1024.0 * 1024.0);
+}
 
 // ---- public -------------------------------------------------------------------------------------
 

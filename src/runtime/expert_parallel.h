@@ -52,6 +52,9 @@ void open_begin();
 void open_end(const Model* m, const std::string& local_error);
 // Replaces m.experts with the exchanging runner and sets m.before_step to broadcast each step.
 void attach_root(Model& m, ThreadPool& pool);
+// Records which experts this process holds and their bytes, for gather_rank_stats (attach_root
+// and the followers do it; a single process calls it after loading).
+void note_local_model(const Model& m);
 // Ends the job at the end of main: tells the other ranks to exit with `code` and finalizes
 // MPI. If a step was left half done (an exception between layers), the others are blocked
 // inside it, so the job is aborted instead. Returns `code`. No-op without MPI.
