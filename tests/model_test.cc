@@ -30,12 +30,7 @@ void check_against_reference(Model& m, ThreadPool& pool) {
   for (const auto& c : expected()["cases"]) {
     const std::vector<int> tokens = c["tokens"].get<std::vector<int>>();
     ScoreResult r = score_tokens(m, tokens, 10, DType::F32, pool);
-    std::vector<int> idx;
-    if (c.contains("positions_index")) {
-      idx = c["positions_index"].get<std::vector<int>>();
-    } else {
-      for (size_t j = 0; j < tokens.size(); ++j) idx.push_back(static_cast<int>(j));
-    }
+    const std::vector<int> idx = stored_positions(c, tokens.size(), "expected.json");
     ASSERT_EQ(idx.size(), c["positions"].size());
     for (size_t n = 0; n < idx.size(); ++n) {
       const auto& want = c["positions"][n];

@@ -84,12 +84,7 @@ void check_against_reference(const std::vector<ScoreResult>& got, double tol) {
   int checked = 0;
   for (size_t ci = 0; ci < expected()["cases"].size(); ++ci) {
     const auto& c = expected()["cases"][ci];
-    std::vector<int> idx;
-    if (c.contains("positions_index")) {
-      idx = c["positions_index"].get<std::vector<int>>();
-    } else {
-      for (size_t j = 0; j < c["tokens"].size(); ++j) idx.push_back(static_cast<int>(j));
-    }
+    const std::vector<int> idx = stored_positions(c, c["tokens"].size(), "expected.json");
     for (size_t n = 0; n < idx.size(); ++n) {
       const auto& want = c["positions"][n];
       const PositionScore& p = got[ci].positions[static_cast<size_t>(idx[n])];

@@ -9,9 +9,6 @@
 
 namespace mx {
 
-namespace {
-
-// The positions a case stores: all of them, or those listed in positions_index.
 std::vector<int> stored_positions(const nlohmann::json& c, size_t n_tokens, const std::string& where) {
   std::vector<int> idx;
   if (c.contains("positions_index")) {
@@ -33,8 +30,6 @@ std::vector<int> stored_positions(const nlohmann::json& c, size_t n_tokens, cons
   return idx;
 }
 
-}  // namespace
-
 ReferenceAgreement compare_with_reference(Model& m, const nlohmann::json& reference, DType kv_dtype,
                                           ThreadPool& pool, const std::string& where) {
   if (!reference.is_object() || !reference.contains("cases") || !reference["cases"].is_array())
@@ -53,10 +48,7 @@ ReferenceAgreement compare_with_reference(Model& m, const nlohmann::json& refere
     }
     if (tokens.empty()) fail(wc + ": field 'tokens' is empty");
     const std::vector<int> idx = stored_positions(c, tokens.size(), wc);
-    KvCache kv(m.config.n_layers, m.config.n_kv_heads * m.config.head_dim, m.config.max_seq_len, kv_dtype);
-    kv.reset(0);
-    SeqChunk chunk{0, tokens, true};
-    const std::vector<float> logits = forward(m, kv, {chunk}, pool);
+    const std::vector<float> logits = sequence_logits(m, tokens, kv_dtype, pool);
     for (size_t n = 0; n < idx.size(); ++n) {
       const auto& want = c["positions"][n];
       const std::string wp = wc + ".positions[" + std::to_string(n) + "]";

@@ -4,6 +4,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "kernels/dtype.h"
 
@@ -24,6 +25,10 @@ struct ReferenceAgreement {
   double max_abs_dlogit = 0;     // over every stored [id, logit] of the reference
   double top1() const { return positions ? static_cast<double>(top1_agree) / positions : 0; }
 };
+
+// The token positions one reference case stores: all of its tokens, or those listed in its
+// positions_index; checked against `positions` (errors name `where`).
+std::vector<int> stored_positions(const nlohmann::json& c, size_t n_tokens, const std::string& where);
 
 // Scores each case as one prefill in a fresh `kv_dtype` cache and compares every stored
 // position. `where` names the reference (a file) in errors about its shape.

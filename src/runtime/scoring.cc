@@ -26,10 +26,9 @@ PositionScore score_logits(const float* logits, int vocab, int top_n) {
   return p;
 }
 
-ScoreResult score_tokens(Model& m, const std::vector<int>& tokens, int top_n, DType kv_dtype,
-                         ThreadPool& pool) {
+std::vector<float> sequence_logits(Model& m, const std::vector<int>& tokens, DType kv_dtype,
+                                   ThreadPool& pool) {
   if (tokens.empty()) fail("nothing to score: the token list is empty");
-  const int vocab = m.config.vocab;
   KvCache kv(m.config.n_layers, m.config.n_kv_heads * m.config.head_dim, m.config.max_seq_len,
              kv_dtype);
   kv.reset(0);
@@ -37,7 +36,13 @@ ScoreResult score_tokens(Model& m, const std::vector<int>& tokens, int top_n, DT
   chunk.slot = 0;
   chunk.tokens = tokens;
   chunk.all_logits = true;
-  const std::vector<float> logits = forward(m, kv, {chunk}, pool);
+  return forward(m, kv, {chunk}, pool);
+}
+
+ScoreResult score_tokens(Model& m, const std::vector<int>& tokens, int top_n, DType kv_dtype,
+                         ThreadPool& pool) {
+  const int vocab = m.config.vocab;
+  const std::vector<float> logits = sequence_logits(m, tokens, kv_dtype, pool);
   ScoreResult r;
   r.tokens = tokens;
   for (size_t j = 0; j < tokens.size(); ++j) {

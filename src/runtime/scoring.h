@@ -24,6 +24,10 @@ struct ScoreResult {
   std::vector<PositionScore> positions;
 };
 
+// The logits after every token of `tokens` ([n][vocab]), run as one prefill in a fresh KV
+// cache of `kv_dtype`: what score_tokens and the reference comparison both read.
+std::vector<float> sequence_logits(Model& m, const std::vector<int>& tokens, DType kv_dtype,
+                                   ThreadPool& pool);
 // Runs the whole sequence as one prefill in a fresh KV cache of `kv_dtype`.
 ScoreResult score_tokens(Model& m, const std::vector<int>& tokens, int top_n, DType kv_dtype,
                          ThreadPool& pool);
