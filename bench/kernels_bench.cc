@@ -66,6 +66,9 @@ const Weights& weights(DType t, int64_t rows, int64_t cols) {
     } else if (t == DType::F32) {
       const float f = 0.01f;
       for (int64_t i = 0; i < cols; ++i) std::memcpy(row + 4 * i, &f, 4);
+    } else if (t == DType::Q8_0R16) {  // scales after each 16-row group's quants
+      if (r % 16 == 0)
+        for (int64_t k2 = 0; k2 < cols / 32 * 16; ++k2) std::memcpy(row + cols * 16 + 2 * k2, &h, 2);
     } else if (info.quantized) {
       for (int64_t k2 = 0; k2 < cols / info.block_elems; ++k2) {
         uint8_t* blk = row + k2 * info.block_bytes;
@@ -125,6 +128,11 @@ void BM_matmul_hot(benchmark::State& state, DType t, int64_t rows, int64_t cols)
       ->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 MX_SHAPES(DType::Q8_0, q8_0)
+MX_SHAPES(DType::Q8_0R16, q8_0r16)
+BENCHMARK_CAPTURE(BM_matmul, q8_0_w1_14336x4096_prefill, DType::Q8_0, 14336, 4096)
+    ->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_matmul, q8_0r16_w1_14336x4096_prefill, DType::Q8_0R16, 14336, 4096)
+    ->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
 // Cache-resident weights (L2: 256 rows per call, 2 threads; L3: 2048 rows): compute ceilings.
 BENCHMARK_CAPTURE(BM_matmul_hot, q8_0_l2_256x4096, DType::Q8_0, 256, 4096)
     ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMicrosecond)->UseRealTime();

@@ -349,6 +349,53 @@ TEST(Matmul, Q4TokenCountsMatchGemvBitForBit) {
   token_counts_match_gemv(DType::Q4_0, 40, 256, 35, 23);  // 8 blocks: whole groups only
 }
 
+// Q8_0R16 is Q8_0 reordered: on every path (native kernels on AVX-512 VNNI, a deinterleaving
+// copy elsewhere) and every token count it must give Q8_0's results bit for bit, with row
+// ranges split over threads, for even and odd block counts and a lone last 16-row group.
+TEST(Matmul, Q8R16MatchesQ8_0BitForBit) {
+  PathGuard guard;
+  std::mt19937 rng(31);
+  ThreadPool p1(1), p2(2);
+  std::vector<SimdPath> paths = simd_paths();
+  paths.push_back(SimdPath::Scalar);
+  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{16, 32}, {48, 96}, {80, 4096}, {64, 640}}) {
+    const auto w = random_weights(DType::Q8_0, rows, cols, rng);
+    std::vector<uint8_t> wi(w.size());
+    const size_t gb = 16 * row_bytes(DType::Q8_0, cols);
+    for (int64_t g = 0; g < rows / 16; ++g) interleave_q8_0_r16(w.data() + g * gb, cols, wi.data() + g * gb);
+    const MatView v = view(DType::Q8_0, w, rows, cols), vi = view(DType::Q8_0R16, wi, rows, cols);
+    for (int64_t n : {1, 2, 5, 8, 9, 16, 17, 23, 40}) {
+      const auto x = random_acts(n, cols, rng);
+      for (SimdPath p : paths) {
+        for (ThreadPool* pool : {&p1, &p2}) {
+          const auto a = run(p, v, x, n, *pool), b = run(p, vi, x, n, *pool);
+          ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)))
+              << simd_path_name(p) << " rows " << rows << " cols " << cols << " tokens " << n
+              << " threads " << pool->size();
+        }
+      }
+    }
+    // matmul_multi over two interleaved matrices (w1/w3 style) equals separate calls.
+    const auto x = random_acts(7, cols, rng);
+    std::vector<float> y0(7 * rows), y1(7 * rows);
+    float* ys[2] = {y0.data(), y1.data()};
+    const MatView two[2] = {vi, vi};
+    set_simd_path(paths.front());
+    matmul_multi(two, ys, 2, x.data(), 7, p2);
+    const auto a = run(paths.front(), v, x, 7, p2);
+    ASSERT_EQ(0, std::memcmp(a.data(), y0.data(), a.size() * sizeof(float)));
+    ASSERT_EQ(0, std::memcmp(a.data(), y1.data(), a.size() * sizeof(float)));
+  }
+}
+
+TEST(Matmul, Q8R16RejectsPartialGroups) {
+  std::vector<uint8_t> w(row_bytes(DType::Q8_0, 64) * 24);
+  const MatView v = view(DType::Q8_0R16, w, 24, 64);
+  std::vector<float> x(64, 1.f), y(24);
+  ThreadPool pool(1);
+  EXPECT_THROW(matmul(v, x.data(), 1, y.data(), pool), std::invalid_argument);
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTypes, MatmulTypes, ::testing::ValuesIn(kAllTypes),
                          [](const ::testing::TestParamInfo<DType>& i) {
                            return std::string(dtype_info(i.param).name);

@@ -15,6 +15,7 @@
 #include "formats/repack.h"
 #include "formats/safetensors_writer.h"
 #include "formats/weight_cache.h"
+#include "kernels/half.h"
 #include "kernels/quant_blocks.h"
 #include "kernels/thread_pool.h"
 #include "model/forward.h"
@@ -177,13 +178,16 @@ TEST(Repack, Bf16GivesIdenticalLogits) {
 TEST(Repack, Q8StaysAsCloseAsLlamaCppQ8_0) {
   const std::string dir = cache("q8");
   const json m = manifest(dir);
-  EXPECT_EQ(m["tensors"]["tok_embeddings"]["dtype"], "q8_0");
-  EXPECT_EQ(m["tensors"]["layers.1.experts.4.w2"]["dtype"], "q8_0");
+  EXPECT_EQ(m["tensors"]["tok_embeddings"]["dtype"], "q8_0");  // looked up row by row
+  // Matrices are Q8_0 with 16 rows interleaved (the same bytes, reordered for the kernels).
+  EXPECT_EQ(m["tensors"]["layers.1.experts.4.w2"]["dtype"], "q8_0r16");
+  EXPECT_EQ(m["tensors"]["output"]["dtype"], "q8_0r16");
   EXPECT_EQ(m["tensors"]["layers.1.gate"]["dtype"], "f32");
   EXPECT_EQ(m["tensors"]["norm"]["dtype"], "f32");
   // The same bounds as llama.cpp's q8_0 file (tests/model_test.cc): 94% and 0.068, two flips.
   check_close_to_reference(dir, 0.068 + 0.04, 0.94 - 0.012);
-  // Our Q8_0 encoder is ggml's: the expert matrices equal llama.cpp's own q8_0 conversion.
+  // Our Q8_0 encoder is ggml's: the expert matrices, deinterleaved, equal llama.cpp's own q8_0
+  // conversion.
   LoadedModel g;
   try {
     g = load_model(data_path("tiny-mixtral/gguf/tiny-mixtral-q8_0.gguf"));
@@ -196,7 +200,12 @@ TEST(Repack, Q8StaysAsCloseAsLlamaCppQ8_0) {
     if (canonical_expert(name) < 0 || !g.store.has(name)) continue;
     const Tensor& u = g.store.get(name);
     ASSERT_EQ(u.dtype, DType::Q8_0) << name;
-    EXPECT_EQ(std::memcmp(u.data, t.data, t.nbytes()), 0) << name;
+    ASSERT_EQ(t.dtype, DType::Q8_0R16) << name;
+    std::vector<uint8_t> rows(t.nbytes());
+    const size_t group = 16 * t.row_stride();
+    for (size_t g = 0; g < t.nbytes() / group; ++g)
+      deinterleave_q8_0_r16(t.data + g * group, t.cols(), rows.data() + g * group);
+    EXPECT_EQ(std::memcmp(u.data, rows.data(), t.nbytes()), 0) << name;
     ++compared;
   }
   EXPECT_EQ(compared, 2 * 8 * 3);
@@ -206,7 +215,7 @@ TEST(Repack, Q4StaysAsCloseAsLlamaCppQ4_0) {
   const std::string dir = cache("q4");
   EXPECT_EQ(manifest(dir)["tensors"]["layers.0.experts.3.w1"]["dtype"], "q4_0");
   EXPECT_EQ(manifest(dir)["tensors"]["tok_embeddings"]["dtype"], "q4_0");
-  EXPECT_EQ(manifest(dir)["tensors"]["output"]["dtype"], "q8_0");  // as llama-quantize keeps it
+  EXPECT_EQ(manifest(dir)["tensors"]["output"]["dtype"], "q8_0r16");  // 8-bit, as llama-quantize keeps it
   // llama.cpp's q4_0 file, whose LM head is q8_0 too: exact arithmetic gives 0.575 and 63.9%.
   check_close_to_reference(dir, 0.575 + 0.04, 0.639 - 0.012);
 }
@@ -281,8 +290,29 @@ TEST(Repack, GgufKeepsItsTypesAndVocabulary) {
   // An explicit dtype converts the k-quants.
   const std::string q8 = tmp_dir("wc-gguf-q8") + "/c";
   repack_cli(src, q8, "--dtype q8");
-  EXPECT_EQ(manifest(q8)["tensors"]["layers.0.experts.1.w3"]["dtype"], "q8_0");
+  EXPECT_EQ(manifest(q8)["tensors"]["layers.0.experts.1.w3"]["dtype"], "q8_0r16");
   EXPECT_NO_THROW(load_model(q8));
+  // A Q8_0 GGUF repacks without re-encoding: the q8_0r16 matrices hold its bytes, and a second
+  // repack of that cache to bf16 decodes them exactly as the GGUF's own rows decode.
+  const std::string gq8 = data_path("tiny-mixtral/gguf/tiny-mixtral-q8_0.gguf");
+  const std::string c8 = tmp_dir("wc-gguf-q8-lossless") + "/c";
+  repack_cli(gq8, c8, "--dtype q8");
+  const LoadedModel ga = load_model(gq8), gb = load_model(c8);
+  const Tensor& ta = ga.store.get("layers.1.experts.2.w1");
+  const Tensor& tb = gb.store.get("layers.1.experts.2.w1");
+  ASSERT_EQ(tb.dtype, DType::Q8_0R16);
+  std::vector<float> fa(static_cast<size_t>(ta.numel())), fb(fa.size());
+  dequantize_rows(ta.dtype, ta.data, ta.cols(), 0, ta.rows(), fa.data());
+  dequantize_rows(tb.dtype, tb.data, tb.cols(), 0, tb.rows(), fb.data());
+  EXPECT_EQ(0, std::memcmp(fa.data(), fb.data(), fa.size() * sizeof(float)));
+  const std::string back = tmp_dir("wc-gguf-q8-back") + "/c";
+  repack_cli(c8, back, "--dtype bf16");
+  const LoadedModel gc = load_model(back);
+  const Tensor& tc = gc.store.get("layers.1.experts.2.w1");
+  ASSERT_EQ(tc.dtype, DType::BF16);
+  std::vector<float> fc(fa.size());
+  dequantize_rows(tc.dtype, tc.data, tc.cols(), 0, tc.rows(), fc.data());
+  for (size_t i = 0; i < fa.size(); i += 97) EXPECT_EQ(fc[i], bf16_to_f32(f32_to_bf16(fa[i]))) << i;
 }
 
 TEST(TokenizerVocab, RoundTripsInvalidUtf8Pieces) {
@@ -313,6 +343,14 @@ TEST(Repack, SecondRunIsACacheHit) {
   EXPECT_NE(repack_cli(kHf, dir, "--dtype q8").find("cache hit: " + dir + " is up to date"),
             std::string::npos);
   EXPECT_EQ(fs::last_write_time(dir + "/shared.bin"), before);
+  // A q8 cache from before the q8_0r16 layout (plain q8_0 matrices) is rebuilt.
+  json old = manifest(dir);
+  old["tensors"]["layers.0.attention.wq"]["dtype"] = "q8_0";
+  write_file(dir + "/manifest.json", old.dump(1));
+  const auto up = run_cli("repack --model " + kHf + " --out " + dir + " --dtype q8");
+  EXPECT_EQ(up.exit_code, 0) << up.err;
+  EXPECT_NE(up.err.find("it holds plain q8_0 matrices (layers.0.attention.wq)"), std::string::npos) << up.err;
+  EXPECT_EQ(manifest(dir)["tensors"]["layers.0.attention.wq"]["dtype"], "q8_0r16");
   // Another dtype or rank count is not a hit: the cache is replaced in place.
   const auto r = run_cli("repack --model " + kHf + " --out " + dir + " --dtype bf16");
   EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -539,6 +577,15 @@ TEST_F(Broken, MisalignedOrOverlappingOrMisfiled) {
   m_["tensors"]["norm"]["shape"] = {100};
   save();
   expect_load_error("tensor norm: shape [100] of f32 needs 400 bytes, manifest says 256");
+  SetUp();
+  m_["tensors"]["norm"]["dtype"] = "q8_0r16";
+  save();
+  expect_load_error("tensor norm: q8_0r16 needs a 2-D shape with a multiple of 16 rows, not [");
+  SetUp();
+  m_["tensors"]["layers.0.attention.wq"]["dtype"] = "q8_0r16";
+  m_["tensors"]["layers.0.attention.wq"]["shape"] = {24, 64};
+  save();
+  expect_load_error("tensor layers.0.attention.wq: q8_0r16 needs a 2-D shape with a multiple of 16 rows, not [24, 64]");
 }
 
 TEST_F(Broken, TruncatedOrReplacedFiles) {

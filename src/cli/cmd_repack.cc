@@ -83,8 +83,8 @@ Command add_repack(CLI::App& app) {
   sub->add_option("--model,-m", o->model, "source: any folder or file load_model reads")->required();
   sub->add_option("--out,-o", o->out, "cache folder to create (replaced atomically)")->required();
   sub->add_option("--dtype", o->dtype,
-                  "keep (each tensor's source type), f32, bf16, q8 (Q8_0) or q4 (Q4_0; LM head and "
-                  "attention wk/wv in Q8_0); "
+                  "keep (each tensor's source type), f32, bf16, q8 (Q8_0, matrices 16 rows interleaved) "
+                  "or q4 (Q4_0; LM head and attention wk/wv in 8 bits); "
                   "norms are always f32")
       ->default_val("keep");
   CLI::Option* ranks = sub->add_option("--ranks", o->ranks, "also list which files each of N ranks needs");

@@ -11,11 +11,20 @@ enum class DType : uint8_t {
   F32, F16, BF16,
   Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,   // 32-element blocks (ggml legacy quants)
   Q4_K, Q5_K, Q6_K,               // 256-element super-blocks (ggml k-quants)
+  Q8_0R16,                        // Q8_0 with 16 rows interleaved (our cache only; see below)
   Q8_K,                           // activation-side format for k-quant dots (not stored in files)
   I32, I64, U8,                   // only seen in checkpoints for non-weight tensors
   Count
 };
 
+// Q8_0R16 holds exactly the values of Q8_0, reordered so that the AVX-512 kernels load 16 rows'
+// blocks as ready-made vectors (no transposition in registers) and each 16-row group is one
+// sequential stream. Rows come in groups of 16 (rows % 16 == 0), each group nb * 544 bytes
+// (nb = cols / 32), groups back to back:
+//   [quants of block 0 .. nb-1: 512 bytes each][f16 scales of block 0 .. nb-1: 32 bytes each]
+// In a block's 512 bytes, row l's quants 4k .. 4k+3 are at 64 k + 4 l (signed int8, as Q8_0);
+// its scale is the l-th f16 of the block's 32 bytes. A row is thus not contiguous: only whole
+// groups can be addressed (row(16 g) is group g's start, as the sizes equal Q8_0's).
 struct DTypeInfo {
   std::string_view name;  // lower-case, as printed and parsed ("f32", "q8_0", "q4_k")
   int block_elems;        // elements per block (1 for plain types)

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/matmul_internal.h"
 #include "kernels/quant_blocks.h"
@@ -88,10 +89,33 @@ namespace {
 
 void check(const MatView& w) {
   const DTypeInfo& info = dtype_info(w.dtype);
-  const bool supported = w.dtype <= DType::Q6_K;
+  const bool supported = w.dtype <= DType::Q6_K || w.dtype == DType::Q8_0R16;
   if (!supported || w.cols % info.block_elems != 0)
     throw std::invalid_argument("matmul: unsupported weight " + std::string(info.name) + " with " +
                                 std::to_string(w.cols) + " columns");
+  if (w.dtype == DType::Q8_0R16 && w.rows % 16 != 0)
+    throw std::invalid_argument("matmul: q8_0r16 weight with " + std::to_string(w.rows) +
+                                " rows (the layout needs whole 16-row groups)");
+}
+
+// Q8_0R16 on paths without a native kernel (scalar, AVX2, AVX-512 without VNNI): each 16-row
+// group is deinterleaved into plain Q8_0 rows (an L2-resident copy) and run by the path's
+// Q8_0 kernel, so the results are Q8_0's bit for bit. r0 and r1 are multiples of 16.
+void rows_r16_via_q8_0(mmk::RowsFn rows, const MatView& w, const mmk::Prepared& p, int64_t r0,
+                       int64_t r1, float* y, int64_t ldy) {
+  thread_local std::vector<uint8_t> buf;
+  const size_t rb = row_bytes(DType::Q8_0, w.cols);
+  buf.resize(16 * rb);
+  MatView v;
+  v.dtype = DType::Q8_0;
+  v.data = buf.data();
+  v.rows = 16;
+  v.cols = w.cols;
+  v.stride = rb;
+  for (int64_t r = r0; r < r1; r += 16) {
+    deinterleave_q8_0_r16(w.row(r), w.cols, buf.data());
+    rows(v, p, 0, 16, y + r, ldy);
+  }
 }
 
 // Matrices sharing dtype and cols, all multiplied with the same x: activations are prepared
@@ -108,10 +132,16 @@ void run_shared(const MatView* ws, float* const* ys, int n, const float* x, int6
   }
 
   // One buffer per calling thread, reused across calls (no allocation per op in decode).
+  const bool r16_native = simd_path() == SimdPath::Avx512 && mmk::has_vnni();
+  const bool r16_copy = w0.dtype == DType::Q8_0R16 && !r16_native;
   thread_local mmk::Arena arena;
   mmk::Prepared p;
   mmk::PrepareJob job;
-  prepare(w0.dtype, n_tokens, w0.cols, arena, &p, &job);
+  prepare(r16_copy ? DType::Q8_0 : w0.dtype, n_tokens, w0.cols, arena, &p, &job);
+  auto run_rows = [&](const MatView& w, int64_t lo, int64_t hi, float* y) {
+    if (r16_copy) rows_r16_via_q8_0(rows, w, p, lo, hi, y, w.rows);
+    else rows(w, p, lo, hi, y, w.rows);
+  };
   if (n_tokens >= 8 && pool.size() > 1) {
     pool.parallel_for(n_tokens, [&](int64_t b, int64_t e, int) {
       mmk::run_prepare(job, x, w0.cols, b, e);
@@ -125,7 +155,7 @@ void run_shared(const MatView* ws, float* const* ys, int n, const float* x, int6
   const int64_t grain = 16;
   if (n == 1) {
     pool.parallel_for(w0.rows, [&](int64_t b, int64_t e, int) {
-      rows(w0, p, b, e, ys[0], w0.rows);
+      run_rows(w0, b, e, ys[0]);
     }, grain);
     return;
   }
@@ -136,7 +166,7 @@ void run_shared(const MatView* ws, float* const* ys, int n, const float* x, int6
     for (int m = 0; m < n && off < e; off += ws[m].rows, ++m) {
       const int64_t lo = b > off ? b - off : 0;
       const int64_t hi = e - off < ws[m].rows ? e - off : ws[m].rows;
-      if (lo < hi) rows(ws[m], p, lo, hi, ys[m], ws[m].rows);
+      if (lo < hi) run_rows(ws[m], lo, hi, ys[m]);
     }
   }, grain);
 }

@@ -42,7 +42,9 @@ SimdPath simd_path_for_env(const char* env);
 // tokens (prefill) reuse L2-resident weight blocks across register tiles of tokens. On the
 // AVX-512 path Q8_0 keeps 16 weight rows in the lanes of a vector (exact integer block sums,
 // then acc = fma(float(S_b), dw_b * dx_b, acc) per block in order, for every batch size);
-// several tokens first transpose row blocks once into an L2-resident packed buffer. For
+// several tokens first transpose row blocks once into an L2-resident packed buffer. Q8_0R16
+// (dtype.h) is stored already transposed: its kernels read it in place, with the same
+// arithmetic, so it equals Q8_0 bit for bit (other paths deinterleave a group at a time). For
 // f32/f16/bf16 weights keep row starts 64-byte aligned: split cache-line loads cost up to a
 // third of the decode bandwidth (quantized blocks are insensitive to alignment).
 void matmul(const MatView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);

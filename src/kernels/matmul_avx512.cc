@@ -142,6 +142,9 @@ void fill_plain_512(const float* x, int64_t cols, float* dst, int64_t stride) {
 #ifndef MX_Q8T_L2
 #define MX_Q8T_L2 (384 * 1024)
 #endif
+#ifndef MX_Q8R_L2
+#define MX_Q8R_L2 (384 * 1024)
+#endif
 template <int kBytes>
 inline void prefetch_span(const uint8_t* p) {
   MX_UNROLL for (int o = 0; o < kBytes / 64 * 64; o += 64)
@@ -353,7 +356,29 @@ struct Q8T {
     }
   }
 
-  template <int NT>
+  // Where a block's 8 weight vectors (+ 128) and 16 f32 scales come from: the packed buffer
+  // (kPacked bytes a block, aligned), or a Q8_0R16 group read in place (dtype.h), where the
+  // vectors are stored signed and the scales as f16 after the group's quants. kPf: prefetch the
+  // stream ahead (weights coming from DRAM; groups are back to back, so it is one sequence).
+  struct FromPacked {
+    static inline void load(const uint8_t* src, int64_t, int64_t b, __m512i (&W)[8], __m512& dw) {
+      const uint8_t* s = src + b * kPacked;
+      MX_UNROLL for (int k = 0; k < 8; ++k) W[k] = _mm512_load_si512(s + 64 * k);
+      dw = _mm512_load_ps(s + 512);
+    }
+  };
+  template <bool kPf>
+  struct FromR16 {
+    static inline void load(const uint8_t* grp, int64_t nb, int64_t b, __m512i (&W)[8], __m512& dw) {
+      const uint8_t* s = grp + 512 * b;
+      if constexpr (kPf) prefetch_span<512>(s);
+      const __m512i s80 = _mm512_set1_epi8(static_cast<char>(0x80));
+      MX_UNROLL for (int k = 0; k < 8; ++k) W[k] = _mm512_xor_si512(_mm512_loadu_si512(s + 64 * k), s80);
+      dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + 512 * nb + 32 * b)));
+    }
+  };
+
+  template <class L, int NT>
   static void packed(const uint8_t* src, int64_t nb, const Prepared& p, int64_t r, int n, int64_t t,
                      float* y, int64_t ldy) {
     const int8_t* xq[NT];
@@ -363,10 +388,10 @@ struct Q8T {
     __m512 f[NT];
     MX_UNROLL for (int j = 0; j < NT; ++j) f[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* s = src + b * kPacked;
       __m512i W[8];
-      MX_UNROLL for (int k = 0; k < 8; ++k) W[k] = _mm512_load_si512(s + 64 * k);
-      dot<NT>(W, _mm512_load_ps(s + 512), b, xq, xd, xb, f);
+      __m512 dw;
+      L::load(src, nb, b, W, dw);
+      dot<NT>(W, dw, b, xq, xd, xb, f);
     }
     store<NT>(f, t, r, n, y, ldy);
   }
@@ -375,7 +400,7 @@ struct Q8T {
   // vpdpbusd, halving the activation loads per product (per measurement the loads rather than
   // the multipliers bound the 16-row x 8-token tile: 14336 x 4096 x 64 tokens, 2 threads,
   // 840-895 -> 940-1080 GOPS). Same float sequence per (row, token) as dot.
-  template <int NT>
+  template <class L, int NT>
   static void packed2(const uint8_t* src, int64_t gbytes, int64_t nb, const Prepared& p, int64_t r,
                       int64_t t, float* y, int64_t ldy) {
     const int8_t* xq[NT];
@@ -385,14 +410,10 @@ struct Q8T {
     __m512 f0[NT], f1[NT];
     MX_UNROLL for (int j = 0; j < NT; ++j) f0[j] = f1[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* s0 = src + b * kPacked;
-      const uint8_t* s1 = s0 + gbytes;
       __m512i W0[8], W1[8];
-      MX_UNROLL for (int k = 0; k < 8; ++k) {
-        W0[k] = _mm512_load_si512(s0 + 64 * k);
-        W1[k] = _mm512_load_si512(s1 + 64 * k);
-      }
-      const __m512 dw0 = _mm512_load_ps(s0 + 512), dw1 = _mm512_load_ps(s1 + 512);
+      __m512 dw0, dw1;
+      L::load(src, nb, b, W0, dw0);
+      L::load(src + gbytes, nb, b, W1, dw1);
       MX_UNROLL for (int j = 0; j < NT; ++j) {
         const uint8_t* xp = reinterpret_cast<const uint8_t*>(xq[j] + 32 * b);
         __m512i a0 = _mm512_set1_epi32(xb[j][b]), a1 = a0;
@@ -410,13 +431,13 @@ struct Q8T {
     store<NT>(f1, t, r + 16, 16, y, ldy);
   }
 
-  template <int NT = 4>
+  template <class L, int NT = 4>
   static void packed2_n(int nt, const uint8_t* src, int64_t gbytes, int64_t nb, const Prepared& p,
                         int64_t r, int64_t t, float* y, int64_t ldy) {
     if constexpr (NT > 1) {
-      if (nt < NT) return packed2_n<NT - 1>(nt, src, gbytes, nb, p, r, t, y, ldy);
+      if (nt < NT) return packed2_n<L, NT - 1>(nt, src, gbytes, nb, p, r, t, y, ldy);
     }
-    packed2<NT>(src, gbytes, nb, p, r, t, y, ldy);
+    packed2<L, NT>(src, gbytes, nb, p, r, t, y, ldy);
   }
 
   // One token tile (T <= kMT): each block of 16 rows is transposed in registers and used at
@@ -457,13 +478,13 @@ struct Q8T {
     fused<NT>(w, p, r, n, t, y, ldy, next);
   }
 
-  template <int NT = kMT>
+  template <class L, int NT = kMT>
   static void packed_n(int nt, const uint8_t* src, int64_t nb, const Prepared& p, int64_t r, int n,
                        int64_t t, float* y, int64_t ldy) {
     if constexpr (NT > 1) {
-      if (nt < NT) return packed_n<NT - 1>(nt, src, nb, p, r, n, t, y, ldy);
+      if (nt < NT) return packed_n<L, NT - 1>(nt, src, nb, p, r, n, t, y, ldy);
     }
-    packed<NT>(src, nb, p, r, n, t, y, ldy);
+    packed<L, NT>(src, nb, p, r, n, t, y, ldy);
   }
 
   static void rows(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
@@ -510,15 +531,51 @@ struct Q8T {
       for (int64_t t = 0; t < T; t += 4) {
         const int nt = static_cast<int>(T - t < 4 ? T - t : 4);
         for (int64_t g = 0; g < npair; ++g)
-          packed2_n(nt, pk + 2 * g * gbytes, gbytes, nb, p, rs + 32 * g, t, y, ldy);
+          packed2_n<FromPacked>(nt, pk + 2 * g * gbytes, gbytes, nb, p, rs + 32 * g, t, y, ldy);
       }
       for (int64_t t = 0; t < T; t += kMT) {
         const int nt = static_cast<int>(T - t < kMT ? T - t : kMT);
         for (int64_t g = 2 * npair; g < ng; ++g) {
           const int64_t r = rs + 16 * g;
-          packed_n(nt, pk + g * gbytes, nb, p, r, static_cast<int>(re - r < 16 ? re - r : 16), t, y, ldy);
+          packed_n<FromPacked>(nt, pk + g * gbytes, nb, p, r, static_cast<int>(re - r < 16 ? re - r : 16), t, y, ldy);
         }
       }
+    }
+  }
+
+  // Q8_0R16 (dtype.h): the same arithmetic as above on blocks read in place, so results equal
+  // Q8_0's bit for bit, without the transposition. Every thread streams its groups in order.
+  // r0 and r1 are multiples of 16.
+  static void rows_r16(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
+                       int64_t ldy) {
+    const int64_t T = p.n_tokens, nb = w.cols / 32;
+    const int64_t gbytes = 16 * static_cast<int64_t>(w.stride);
+    if (T <= MX_Q8T_FUSED) {  // decode and small expert groups: one pass over the weights
+      for (int64_t r = r0; r < r1; r += 16)
+        for (int64_t t = 0; t < T; t += kFT)
+          packed_n<FromR16<true>, kFT>(static_cast<int>(T - t < kFT ? T - t : kFT), w.row(r), nb, p,
+                                       r, 16, t, y, ldy);
+      return;
+    }
+    // Row blocks that stay in L2 while all token tiles pass over them; the first tile brings
+    // them in from memory (with prefetch), the others read L2.
+    int64_t gpb = MX_Q8R_L2 / gbytes;
+    gpb = gpb < 2 ? 2 : gpb & ~int64_t{1};
+    for (int64_t rs = r0; rs < r1; rs += 16 * gpb) {
+      const int64_t re = rs + 16 * gpb < r1 ? rs + 16 * gpb : r1;
+      const int64_t ng = (re - rs) / 16, npair = ng / 2;
+      for (int64_t t = 0; t < T; t += 4) {
+        const int nt = static_cast<int>(T - t < 4 ? T - t : 4);
+        for (int64_t g = 0; g < npair; ++g) {
+          const uint8_t* src = w.row(rs + 32 * g);
+          if (t == 0) packed2_n<FromR16<true>>(nt, src, gbytes, nb, p, rs + 32 * g, t, y, ldy);
+          else packed2_n<FromR16<false>>(nt, src, gbytes, nb, p, rs + 32 * g, t, y, ldy);
+        }
+      }
+      if (ng % 2)
+        for (int64_t t = 0; t < T; t += kMT)
+          packed_n<FromR16<false>>(static_cast<int>(T - t < kMT ? T - t : kMT), w.row(re - 16), nb,
+                                   p, re - 16, 16, t, y, ldy);
     }
   }
 };
@@ -896,7 +953,7 @@ void prepare_avx512(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prep
       job->layout.block = 256;
       job->layout.want_bsums = true;
       break;
-    case DType::Q8_0:
+    case DType::Q8_0: case DType::Q8_0R16:
       job->layout.block = 32;
       job->layout.bias_mul = -128;  // Q8T: weights + 128, activations signed
       break;
@@ -922,6 +979,7 @@ void rows_avx512(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, fl
     case DType::F16: return drive<Plain<DType::F16>, 4, 3>(w, p, r0, r1, y, ldy);
     case DType::BF16: return drive<Plain<DType::BF16>, 4, 3>(w, p, r0, r1, y, ldy);
     case DType::Q8_0: return Q8T::rows(w, p, r0, r1, y, ldy);
+    case DType::Q8_0R16: return Q8T::rows_r16(w, p, r0, r1, y, ldy);
     case DType::Q4_0: return drive<Nibble<DType::Q4_0>, 4, 4>(w, p, r0, r1, y, ldy);
     case DType::Q4_1: return drive<Nibble<DType::Q4_1>, 2, 4>(w, p, r0, r1, y, ldy);
     case DType::Q5_0: return drive<Nibble<DType::Q5_0>, 2, 4>(w, p, r0, r1, y, ldy);

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
+#include <vector>
 
 #include "kernels/half.h"
 
@@ -272,6 +274,8 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
     case DType::Q5_K: return dequant_q5_k(static_cast<const BlockQ5_K*>(src), dst, nb);
     case DType::Q6_K: return dequant_q6_k(static_cast<const BlockQ6_K*>(src), dst, nb);
     case DType::Q8_K: return dequant_q8_k(static_cast<const BlockQ8_K*>(src), dst, nb);
+    case DType::Q8_0R16:
+      throw std::invalid_argument("dequantize_row: q8_0r16 rows are interleaved in 16-row groups");
     // Integer tensors are never weights, but converting them keeps this total over DType.
     case DType::I32: {
       const auto* p = static_cast<const uint8_t*>(src);
@@ -289,6 +293,49 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
       return;
     }
     case DType::Count: break;
+  }
+}
+
+void interleave_q8_0_r16(const uint8_t* rows16, int64_t cols, uint8_t* group) {
+  const int64_t nb = cols / QK;
+  const size_t rb = row_bytes(DType::Q8_0, cols);
+  for (int l = 0; l < 16; ++l) {
+    const auto* row = reinterpret_cast<const BlockQ8_0*>(rows16 + l * rb);
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t* q = group + 512 * b + 4 * l;
+      for (int k = 0; k < 8; ++k) std::memcpy(q + 64 * k, row[b].qs + 4 * k, 4);
+      std::memcpy(group + 512 * nb + 32 * b + 2 * l, &row[b].d, 2);
+    }
+  }
+}
+
+void deinterleave_q8_0_r16(const uint8_t* group, int64_t cols, uint8_t* rows16) {
+  const int64_t nb = cols / QK;
+  const size_t rb = row_bytes(DType::Q8_0, cols);
+  for (int l = 0; l < 16; ++l) {
+    auto* row = reinterpret_cast<BlockQ8_0*>(rows16 + l * rb);
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* q = group + 512 * b + 4 * l;
+      for (int k = 0; k < 8; ++k) std::memcpy(row[b].qs + 4 * k, q + 64 * k, 4);
+      std::memcpy(&row[b].d, group + 512 * nb + 32 * b + 2 * l, 2);
+    }
+  }
+}
+
+void dequantize_rows(DType t, const uint8_t* data, int64_t cols, int64_t r0, int64_t n, float* dst) {
+  const size_t rb = row_bytes(t, cols);
+  if (t != DType::Q8_0R16) {
+    for (int64_t r = 0; r < n; ++r) dequantize_row(t, data + (r0 + r) * rb, dst + r * cols, cols);
+    return;
+  }
+  std::vector<uint8_t> rows16(16 * rb);
+  for (int64_t g = r0 / 16; g * 16 < r0 + n; ++g) {
+    deinterleave_q8_0_r16(data + 16 * g * rb, cols, rows16.data());
+    for (int l = 0; l < 16; ++l) {
+      const int64_t r = 16 * g + l;
+      if (r >= r0 && r < r0 + n)
+        dequantize_row(DType::Q8_0, rows16.data() + l * rb, dst + (r - r0) * cols, cols);
+    }
   }
 }
 

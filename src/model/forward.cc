@@ -62,10 +62,10 @@ std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& b
   std::vector<float> x(static_cast<size_t>(T) * dim), h(x.size()), tmp(x.size());
   std::vector<float> q(static_cast<size_t>(T) * qdim), k(static_cast<size_t>(T) * kvdim),
       v(k.size()), att(q.size());
+  const MatView& emb = m.weights.tok_embeddings;
   for (int t = 0; t < T; ++t)
-    dequantize_row(m.weights.tok_embeddings.dtype,
-                   m.weights.tok_embeddings.row(tokens[static_cast<size_t>(t)]),
-                   x.data() + static_cast<size_t>(t) * dim, dim);
+    dequantize_rows(emb.dtype, emb.data, dim, tokens[static_cast<size_t>(t)], 1,
+                    x.data() + static_cast<size_t>(t) * dim);
 
   const RopeTable rope = make_rope_table(tp, c);
   for (int l = 0; l < c.n_layers; ++l) {
