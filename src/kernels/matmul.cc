@@ -98,9 +98,9 @@ void check(const MatView& w) {
                                 " rows (the layout needs whole 16-row groups)");
 }
 
-// Q8_0R16 on paths without a native kernel (scalar, AVX2, AVX-512 without VNNI): each 16-row
-// group is deinterleaved into plain Q8_0 rows (an L2-resident copy) and run by the path's
-// Q8_0 kernel, so the results are Q8_0's bit for bit. r0 and r1 are multiples of 16.
+// Q8_0R16 on the scalar path (AVX2 and AVX-512 have their own kernels): each 16-row group is
+// deinterleaved into plain Q8_0 rows (an L2-resident copy) and run by the scalar Q8_0 kernel,
+// so the results are Q8_0's bit for bit. r0 and r1 are multiples of 16.
 void rows_r16_via_q8_0(mmk::RowsFn rows, const MatView& w, const mmk::Prepared& p, int64_t r0,
                        int64_t r1, float* y, int64_t ldy) {
   thread_local std::vector<uint8_t> buf;
@@ -132,8 +132,7 @@ void run_shared(const MatView* ws, float* const* ys, int n, const float* x, int6
   }
 
   // One buffer per calling thread, reused across calls (no allocation per op in decode).
-  const bool r16_native = simd_path() == SimdPath::Avx512 && mmk::has_vnni();
-  const bool r16_copy = w0.dtype == DType::Q8_0R16 && !r16_native;
+  const bool r16_copy = w0.dtype == DType::Q8_0R16 && simd_path() == SimdPath::Scalar;
   thread_local mmk::Arena arena;
   mmk::Prepared p;
   mmk::PrepareJob job;

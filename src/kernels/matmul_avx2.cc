@@ -169,6 +169,45 @@ struct Legacy {
   }
 };
 
+// ---------------------------------------------------------------- Q8_0R16
+
+// Q8_0R16 (dtype.h) read in place. A load at 64 k of a block gives dword k of 8 rows, so
+// acc[k] (lane = row) holds what Legacy<Q8_0>'s acc holds in lane k (lane = dword): the same
+// integer sums, the same fma(S, dw * dx, acc) per block, and the final sum follows hsum8's
+// order, so results equal Q8_0's bit for bit. Half-groups of 8 rows, one token at a time;
+// the second half and later tokens re-read the group from L1/L2.
+struct Q8R16 {
+  static void half(const uint8_t* grp, int64_t nb, int h, const int8_t* xq, const float* xd, float* y) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[8];
+    MX_UNROLL for (int k = 0; k < 8; ++k) acc[k] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* q = grp + 512 * b + 32 * h;
+      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + 512 * nb + 32 * b + 16 * h)));
+      const __m256 dd = _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + b));
+      MX_UNROLL for (int k = 0; k < 8; ++k) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * k));
+        const __m256i x = _mm256_set1_epi32(static_cast<int>(ld32(reinterpret_cast<const uint8_t*>(xq) + 32 * b + 4 * k)));
+        const __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), dd, acc[k]);
+      }
+    }
+    // hsum8's order: ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)).
+    const __m256 e = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+    const __m256 o = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+    _mm256_storeu_ps(y, _mm256_add_ps(e, o));
+  }
+
+  // r0 and r1 are multiples of 16.
+  static void rows(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+    const int64_t nb = w.cols / 32;
+    for (int64_t r = r0; r < r1; r += 16)
+      for (int h = 0; h < 2; ++h)
+        for (int64_t t = 0; t < p.n_tokens; ++t)
+          half(w.row(r), nb, h, p.q + t * p.q_stride, p.d + t * p.d_stride, y + t * ldy + r + 8 * h);
+  }
+};
+
 // ---------------------------------------------------------------- k-quants
 
 template <DType DT>
@@ -375,6 +414,7 @@ void rows_avx2(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, floa
     case DType::F16: return drive<Plain<DType::F16>, 4, 3>(w, p, r0, r1, y, ldy);
     case DType::BF16: return drive<Plain<DType::BF16>, 4, 3>(w, p, r0, r1, y, ldy);
     case DType::Q8_0: return drive<Legacy<DType::Q8_0>, 2, 3>(w, p, r0, r1, y, ldy);
+    case DType::Q8_0R16: return Q8R16::rows(w, p, r0, r1, y, ldy);
     case DType::Q4_0: return drive<Legacy<DType::Q4_0>, 2, 3>(w, p, r0, r1, y, ldy);
     case DType::Q4_1: return drive<Legacy<DType::Q4_1>, 2, 3>(w, p, r0, r1, y, ldy);
     case DType::Q5_0: return drive<Legacy<DType::Q5_0>, 2, 3>(w, p, r0, r1, y, ldy);
