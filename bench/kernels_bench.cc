@@ -136,6 +136,8 @@ BENCHMARK_CAPTURE(BM_matmul, q8_0r16_w1_14336x4096_prefill, DType::Q8_0R16, 1433
 // Cache-resident weights (L2: 256 rows per call, 2 threads; L3: 2048 rows): compute ceilings.
 BENCHMARK_CAPTURE(BM_matmul_hot, q8_0_l2_256x4096, DType::Q8_0, 256, 4096)
     ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_matmul_hot, q8_0r16_l2_256x4096, DType::Q8_0R16, 256, 4096)
+    ->Arg(1)->Arg(8)->Arg(64)->Arg(128)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_matmul_hot, q8_0_l3_2048x4096, DType::Q8_0, 2048, 4096)
     ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMicrosecond)->UseRealTime();
 MX_SHAPES(DType::Q4_0, q4_0)

@@ -1,6 +1,8 @@
 // The CLI end to end: commands, JSON outputs, and one clear message per bad input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -53,8 +55,9 @@ TEST(Cli, ScoreCasesMatchReferenceOnEveryLayout) {
         const auto& wp = wc["positions"][n];
         EXPECT_NEAR(gp["lse"].get<double>(), wp["lse"].get<double>(), 1e-3) << layout;
         EXPECT_NEAR(gp["top"][0][1].get<double>(), wp["top"][0][1].get<double>(), 1e-3) << layout;
-        if (wc.contains("next_token_logprob") && n + 1 < idx.size())
+        if (wc.contains("next_token_logprob") && n + 1 < idx.size()) {
           EXPECT_NEAR(gp["next_logprob"].get<double>(), wc["next_token_logprob"][n].get<double>(), 1e-3);
+        }
       }
       EXPECT_TRUE(got[c]["positions"].back()["next_logprob"].is_null());
     }
@@ -93,7 +96,7 @@ TEST(Cli, ScoreCompareSummarizesAgreement) {
 // not constants; and its argument errors.
 TEST(Cli, BenchJsonSchemaAndErrors) {
   const std::string model = test::data_path("tiny-mixtral/hf");
-  auto r = run_cli("bench --model " + model + " --threads 2 --prompt 16 --gen 4 --batch 1,3 --json");
+  auto r = run_cli("bench --model " + model + " --threads 2 --prompt 16 --gen 4 --batch 1,3 --repeat 2 --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const nlohmann::json j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["threads"], 2);
@@ -101,12 +104,22 @@ TEST(Cli, BenchJsonSchemaAndErrors) {
   EXPECT_EQ(j["prefill"]["tokens"], 16);
   EXPECT_GT(j["prefill"]["tokens_per_s"].get<double>(), 0);
   EXPECT_GT(j["prefill"]["roofline_tokens_per_s"].get<double>(), 0);
+  // Each figure is the best of --repeat runs, all of which are listed.
+  auto best_of = [](const nlohmann::json& runs) {
+    double b = 0;
+    for (const auto& v : runs) b = std::max(b, v.get<double>());
+    return b;
+  };
+  ASSERT_EQ(j["prefill"]["runs"].size(), 2u);
+  EXPECT_DOUBLE_EQ(j["prefill"]["tokens_per_s"].get<double>(), best_of(j["prefill"]["runs"]));
   ASSERT_EQ(j["decode"].size(), 2u);
   for (size_t i = 0; i < 2; ++i) {
     const auto& d = j["decode"][i];
     EXPECT_EQ(d["batch"], i == 0 ? 1 : 3);
     EXPECT_GT(d["tokens_per_s"].get<double>(), 0);
     EXPECT_GT(d["roofline_tokens_per_s"].get<double>(), 0);
+    ASSERT_EQ(d["runs"].size(), 2u);
+    EXPECT_NEAR(d["tokens_per_s"].get<double>(), best_of(d["runs"]), 1e-9 * d["tokens_per_s"].get<double>());
     // tokens_per_s is the aggregate over the batch.
     EXPECT_NEAR(d["tokens_per_s"].get<double>(), d["per_user_tokens_per_s"].get<double>() * d["batch"].get<double>(),
                 1e-6 * d["tokens_per_s"].get<double>());
@@ -126,6 +139,9 @@ TEST(Cli, BenchJsonSchemaAndErrors) {
   r = run_cli("bench --model " + model + " --prompt 40000 --gen 2 --batch 1");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("do not fit the model's context of 32768 tokens"), std::string::npos) << r.err;
+  r = run_cli("bench --model " + model + " --repeat 0");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--repeat must be in [1, 100], not 0"), std::string::npos) << r.err;
 }
 
 TEST(Cli, ScoreTextAddsBosAndTokensValidate) {
@@ -144,7 +160,7 @@ TEST(Cli, ScoreTextAddsBosAndTokensValidate) {
 
 TEST(Cli, GreedyGenerateReproducesReference) {
   // The GGUF has no tokenizer.model beside it: its vocabulary comes from the GGUF metadata.
-  for (const std::string model : {kHf, test::data_path("tiny-mixtral/gguf/tiny-mixtral-f16.gguf")}) {
+  for (const std::string& model : {kHf, test::data_path("tiny-mixtral/gguf/tiny-mixtral-f16.gguf")}) {
     auto r = run_cli("generate --model " + model + " --temperature 0 -n 24 --json");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto got = nlohmann::json::parse(r.out);

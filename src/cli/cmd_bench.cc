@@ -13,7 +13,7 @@ namespace {
 
 struct BenchArgs {
   EngineOptions engine;
-  int prompt = 512, gen = 128;
+  int prompt = 512, gen = 128, repeat = 3;
   std::string batches = "1,8,32";
   bool json = false;
 };
@@ -22,6 +22,7 @@ int run(BenchArgs& a) {
   BenchOptions o;
   o.prompt = a.prompt;
   o.gen = a.gen;
+  o.repeat = a.repeat;
   o.batches.clear();
   std::stringstream ss(a.batches);
   std::string part;
@@ -51,6 +52,9 @@ Command add_bench(CLI::App& app) {
   sub->add_option("--prompt", a->prompt, "prefill length in tokens")->default_val(512);
   sub->add_option("--gen", a->gen, "decode steps per batch size")->default_val(128);
   sub->add_option("--batch", a->batches, "comma-separated decode batch sizes")->default_str("1,8,32");
+  sub->add_option("--repeat", a->repeat,
+                  "runs of each figure; the best is reported, as for the ceilings (all are listed)")
+      ->default_val(3);
   sub->add_flag("--json", a->json, "print one JSON object");
   return {sub, [a] { return run(*a); }};
 }

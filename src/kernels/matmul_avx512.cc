@@ -416,12 +416,30 @@ struct Q8T {
       L::load(src + gbytes, nb, b, W1, dw1);
       MX_UNROLL for (int j = 0; j < NT; ++j) {
         const uint8_t* xp = reinterpret_cast<const uint8_t*>(xq[j] + 32 * b);
+#ifndef MX_P2_SPLIT
+#define MX_P2_SPLIT 1
+#endif
+#if MX_P2_SPLIT
+        // Two chains per group (even / odd k): 4-deep dependency chains instead of 8.
+        __m512i a0 = _mm512_set1_epi32(xb[j][b]), a1 = a0, c0 = _mm512_setzero_si512(), c1 = c0;
+        MX_UNROLL for (int k = 0; k < 8; k += 2) {
+          const __m512i x = _mm512_set1_epi32(static_cast<int>(ld32(xp + 4 * k)));
+          const __m512i x2 = _mm512_set1_epi32(static_cast<int>(ld32(xp + 4 * k + 4)));
+          a0 = _mm512_dpbusd_epi32(a0, W0[k], x);
+          a1 = _mm512_dpbusd_epi32(a1, W1[k], x);
+          c0 = _mm512_dpbusd_epi32(c0, W0[k + 1], x2);
+          c1 = _mm512_dpbusd_epi32(c1, W1[k + 1], x2);
+        }
+        a0 = _mm512_add_epi32(a0, c0);
+        a1 = _mm512_add_epi32(a1, c1);
+#else
         __m512i a0 = _mm512_set1_epi32(xb[j][b]), a1 = a0;
         MX_UNROLL for (int k = 0; k < 8; ++k) {
           const __m512i x = _mm512_set1_epi32(static_cast<int>(ld32(xp + 4 * k)));
           a0 = _mm512_dpbusd_epi32(a0, W0[k], x);
           a1 = _mm512_dpbusd_epi32(a1, W1[k], x);
         }
+#endif
         const __m512 dx = _mm512_set1_ps(xd[j][b]);
         f0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_mul_ps(dw0, dx), f0[j]);
         f1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_mul_ps(dw1, dx), f1[j]);

@@ -19,6 +19,9 @@ struct BenchOptions {
   int gen = 128;
   std::vector<int> batches = {1, 8, 32};
   int decode_prompt = 32;  // prompt tokens each decode user starts from
+  // Each figure is the best of this many runs, as each ceiling is the best of its probe's runs:
+  // on a shared (virtual) machine single runs of either vary by tens of percent.
+  int repeat = 3;
   DType kv_dtype = DType::F16;
 };
 
@@ -27,6 +30,7 @@ struct DecodeFigure {
   double tokens_per_s = 0, per_user_tokens_per_s = 0, roofline_tokens_per_s = 0;
   double bytes_per_step = 0, experts_per_layer = 0;
   double comm_share = 0;  // share of step time inside the MPI expert exchange (rank 0)
+  std::vector<double> runs;  // aggregate tokens/s of every run (tokens_per_s is the best)
 };
 
 struct RankFigure {
@@ -41,6 +45,7 @@ struct BenchResult {
   int prefill_tokens = 0;
   double prefill_tokens_per_s = 0, prefill_roofline_tokens_per_s = 0, prefill_ops_per_token = 0;
   bool prefill_uses_int8 = false;
+  std::vector<double> prefill_runs;  // tokens/s of every run (prefill_tokens_per_s is the best)
   std::vector<DecodeFigure> decode;
   double prefill_comm_share = 0;
   double ttft_ms = 0, peak_rss_mb = 0;
