@@ -351,14 +351,15 @@ TEST(Matmul, Q4TokenCountsMatchGemvBitForBit) {
 
 // Q8_0R16 is Q8_0 reordered: on every path (native kernels on AVX-512 VNNI, a deinterleaving
 // copy elsewhere) and every token count it must give Q8_0's results bit for bit, with row
-// ranges split over threads, for even and odd block counts and a lone last 16-row group.
+// ranges split over threads, for even and odd block counts, K chunks with a partial last one
+// (1440 columns: 45 blocks) and a lone last 16-row group.
 TEST(Matmul, Q8R16MatchesQ8_0BitForBit) {
   PathGuard guard;
   std::mt19937 rng(31);
   ThreadPool p1(1), p2(2);
   std::vector<SimdPath> paths = simd_paths();
   paths.push_back(SimdPath::Scalar);
-  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{16, 32}, {48, 96}, {80, 4096}, {64, 640}}) {
+  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{16, 32}, {48, 96}, {80, 4096}, {64, 1440}}) {
     const auto w = random_weights(DType::Q8_0, rows, cols, rng);
     std::vector<uint8_t> wi(w.size());
     const size_t gb = 16 * row_bytes(DType::Q8_0, cols);

@@ -142,8 +142,8 @@ void fill_plain_512(const float* x, int64_t cols, float* dst, int64_t stride) {
 #ifndef MX_Q8T_L2
 #define MX_Q8T_L2 (384 * 1024)
 #endif
-#ifndef MX_Q8R_L2
-#define MX_Q8R_L2 (384 * 1024)
+#ifndef MX_Q8R_KC
+#define MX_Q8R_KC 32
 #endif
 template <int kBytes>
 inline void prefetch_span(const uint8_t* p) {
@@ -400,46 +400,38 @@ struct Q8T {
   // vpdpbusd, halving the activation loads per product (per measurement the loads rather than
   // the multipliers bound the 16-row x 8-token tile: 14336 x 4096 x 64 tokens, 2 threads,
   // 840-895 -> 940-1080 GOPS). Same float sequence per (row, token) as dot.
+  // Blocks [b0, b1) only (K chunks, rows_r16): with b0 > 0 the accumulators resume from the
+  // partial sums stored in y, so the float sequence per (row, token) is unchanged.
   template <class L, int NT>
   static void packed2(const uint8_t* src, int64_t gbytes, int64_t nb, const Prepared& p, int64_t r,
-                      int64_t t, float* y, int64_t ldy) {
+                      int64_t t, float* y, int64_t ldy, int64_t b0 = 0, int64_t b1 = -1) {
+    if (b1 < 0) b1 = nb;
     const int8_t* xq[NT];
     const float* xd[NT];
     const int32_t* xb[NT];
     acts(p, t, NT, xq, xd, xb);
     __m512 f0[NT], f1[NT];
-    MX_UNROLL for (int j = 0; j < NT; ++j) f0[j] = f1[j] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
+    MX_UNROLL for (int j = 0; j < NT; ++j) {
+      if (b0 > 0) {
+        f0[j] = _mm512_loadu_ps(y + (t + j) * ldy + r);
+        f1[j] = _mm512_loadu_ps(y + (t + j) * ldy + r + 16);
+      } else {
+        f0[j] = f1[j] = _mm512_setzero_ps();
+      }
+    }
+    for (int64_t b = b0; b < b1; ++b) {
       __m512i W0[8], W1[8];
       __m512 dw0, dw1;
       L::load(src, nb, b, W0, dw0);
       L::load(src + gbytes, nb, b, W1, dw1);
       MX_UNROLL for (int j = 0; j < NT; ++j) {
         const uint8_t* xp = reinterpret_cast<const uint8_t*>(xq[j] + 32 * b);
-#ifndef MX_P2_SPLIT
-#define MX_P2_SPLIT 1
-#endif
-#if MX_P2_SPLIT
-        // Two chains per group (even / odd k): 4-deep dependency chains instead of 8.
-        __m512i a0 = _mm512_set1_epi32(xb[j][b]), a1 = a0, c0 = _mm512_setzero_si512(), c1 = c0;
-        MX_UNROLL for (int k = 0; k < 8; k += 2) {
-          const __m512i x = _mm512_set1_epi32(static_cast<int>(ld32(xp + 4 * k)));
-          const __m512i x2 = _mm512_set1_epi32(static_cast<int>(ld32(xp + 4 * k + 4)));
-          a0 = _mm512_dpbusd_epi32(a0, W0[k], x);
-          a1 = _mm512_dpbusd_epi32(a1, W1[k], x);
-          c0 = _mm512_dpbusd_epi32(c0, W0[k + 1], x2);
-          c1 = _mm512_dpbusd_epi32(c1, W1[k + 1], x2);
-        }
-        a0 = _mm512_add_epi32(a0, c0);
-        a1 = _mm512_add_epi32(a1, c1);
-#else
         __m512i a0 = _mm512_set1_epi32(xb[j][b]), a1 = a0;
         MX_UNROLL for (int k = 0; k < 8; ++k) {
           const __m512i x = _mm512_set1_epi32(static_cast<int>(ld32(xp + 4 * k)));
           a0 = _mm512_dpbusd_epi32(a0, W0[k], x);
           a1 = _mm512_dpbusd_epi32(a1, W1[k], x);
         }
-#endif
         const __m512 dx = _mm512_set1_ps(xd[j][b]);
         f0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_mul_ps(dw0, dx), f0[j]);
         f1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_mul_ps(dw1, dx), f1[j]);
@@ -451,11 +443,11 @@ struct Q8T {
 
   template <class L, int NT = 4>
   static void packed2_n(int nt, const uint8_t* src, int64_t gbytes, int64_t nb, const Prepared& p,
-                        int64_t r, int64_t t, float* y, int64_t ldy) {
+                        int64_t r, int64_t t, float* y, int64_t ldy, int64_t b0 = 0, int64_t b1 = -1) {
     if constexpr (NT > 1) {
-      if (nt < NT) return packed2_n<L, NT - 1>(nt, src, gbytes, nb, p, r, t, y, ldy);
+      if (nt < NT) return packed2_n<L, NT - 1>(nt, src, gbytes, nb, p, r, t, y, ldy, b0, b1);
     }
-    packed2<L, NT>(src, gbytes, nb, p, r, t, y, ldy);
+    packed2<L, NT>(src, gbytes, nb, p, r, t, y, ldy, b0, b1);
   }
 
   // One token tile (T <= kMT): each block of 16 rows is transposed in registers and used at
@@ -575,26 +567,24 @@ struct Q8T {
                                        r, 16, t, y, ldy);
       return;
     }
-    // Row blocks that stay in L2 while all token tiles pass over them; the first tile brings
-    // them in from memory (with prefetch), the others read L2.
-    int64_t gpb = MX_Q8R_L2 / gbytes;
-    gpb = gpb < 2 ? 2 : gpb & ~int64_t{1};
-    for (int64_t rs = r0; rs < r1; rs += 16 * gpb) {
-      const int64_t re = rs + 16 * gpb < r1 ? rs + 16 * gpb : r1;
-      const int64_t ng = (re - rs) / 16, npair = ng / 2;
-      for (int64_t t = 0; t < T; t += 4) {
-        const int nt = static_cast<int>(T - t < 4 ? T - t : 4);
-        for (int64_t g = 0; g < npair; ++g) {
-          const uint8_t* src = w.row(rs + 32 * g);
-          if (t == 0) packed2_n<FromR16<true>>(nt, src, gbytes, nb, p, rs + 32 * g, t, y, ldy);
-          else packed2_n<FromR16<false>>(nt, src, gbytes, nb, p, rs + 32 * g, t, y, ldy);
+    // 32-row pairs in K chunks of MX_Q8R_KC blocks (~35 KB of weights: they stay in L1 while
+    // every token tile passes; only the small activation chunks come from L2). The first tile
+    // of a chunk brings it in from memory, with prefetch.
+    const int64_t kc = MX_Q8R_KC;
+    int64_t r = r0;
+    for (; r + 32 <= r1; r += 32)
+      for (int64_t b0 = 0; b0 < nb; b0 += kc) {
+        const int64_t b1 = b0 + kc < nb ? b0 + kc : nb;
+        for (int64_t t = 0; t < T; t += 4) {
+          const int nt = static_cast<int>(T - t < 4 ? T - t : 4);
+          if (t == 0) packed2_n<FromR16<true>>(nt, w.row(r), gbytes, nb, p, r, t, y, ldy, b0, b1);
+          else packed2_n<FromR16<false>>(nt, w.row(r), gbytes, nb, p, r, t, y, ldy, b0, b1);
         }
       }
-      if (ng % 2)
-        for (int64_t t = 0; t < T; t += kMT)
-          packed_n<FromR16<false>>(static_cast<int>(T - t < kMT ? T - t : kMT), w.row(re - 16), nb,
-                                   p, re - 16, 16, t, y, ldy);
-    }
+    if (r < r1)  // a lone last group: 16 rows x 8 tokens over whole rows (from L2)
+      for (int64_t t = 0; t < T; t += kMT)
+        packed_n<FromR16<false>>(static_cast<int>(T - t < kMT ? T - t : kMT), w.row(r), nb, p, r, 16,
+                                 t, y, ldy);
   }
 };
 
