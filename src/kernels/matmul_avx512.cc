@@ -142,6 +142,12 @@ void fill_plain_512(const float* x, int64_t cols, float* dst, int64_t stride) {
 #ifndef MX_Q8T_L2
 #define MX_Q8T_L2 (384 * 1024)
 #endif
+// q8_0r16 calls with at most this many tokens stream 16-row groups with all tokens at once;
+// more go through the 32-row x 4-token tiles over L1-resident K chunks (A/B at 14336 x 4096,
+// 2 threads: 16 tokens 760-800 -> 790-870 GOPS that way; 8 tokens no better).
+#ifndef MX_Q8R_DIRECT
+#define MX_Q8R_DIRECT 8
+#endif
 #ifndef MX_Q8R_KC
 #define MX_Q8R_KC 32
 #endif
@@ -560,7 +566,7 @@ struct Q8T {
                        int64_t ldy) {
     const int64_t T = p.n_tokens, nb = w.cols / 32;
     const int64_t gbytes = 16 * static_cast<int64_t>(w.stride);
-    if (T <= MX_Q8T_FUSED) {  // decode and small expert groups: one pass over the weights
+    if (T <= MX_Q8R_DIRECT) {  // decode and small expert groups: one pass, 16 rows at a time
       for (int64_t r = r0; r < r1; r += 16)
         for (int64_t t = 0; t < T; t += kFT)
           packed_n<FromR16<true>, kFT>(static_cast<int>(T - t < kFT ? T - t : kFT), w.row(r), nb, p,

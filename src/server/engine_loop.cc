@@ -98,6 +98,12 @@ EngineStats EngineLoop::stats() const {
   return s;
 }
 
+void EngineLoop::count_end(bool cancelled) {
+  std::lock_guard lk(m_);
+  ++stats_.completed;
+  if (cancelled) ++stats_.cancelled;
+}
+
 int EngineLoop::admit(std::vector<std::shared_ptr<Job>>& in) {
   int refused = 0;
   for (auto& job : in) {
@@ -110,6 +116,7 @@ int EngineLoop::admit(std::vector<std::shared_ptr<Job>>& in) {
       jobs_[id] = job;
     } catch (const std::exception& e) {
       // The HTTP layer validates first, so this is a request the scheduler still refuses.
+      count_end();
       job->end(FinishReason::None, e.what(), 400);
       ++refused;
     }
@@ -145,30 +152,29 @@ void EngineLoop::run() {
     cancels_.clear();
     lk.unlock();
 
-    int64_t ended = admit(in), cancelled = 0;
+    admit(in);
     for (auto& job : cancels) {
       auto it = job->user_ >= 0 ? jobs_.find(job->user_) : jobs_.end();
       if (it == jobs_.end()) continue;  // already finished
       sched_->cancel(job->user_);
+      count_end(true);
       job->end(FinishReason::Cancelled);
       jobs_.erase(it);
-      ++ended;
-      ++cancelled;
     }
     if (sched_->busy()) {
       try {
         sched_->step([&](int id, int token) { jobs_.at(id)->push(token); },
                      [&](int id) {
+                       count_end();
                        jobs_.at(id)->end(sched_->user(id).finish);
                        jobs_.erase(id);
-                       ++ended;
                      });
       } catch (const std::exception& e) {
         // The requests of a step that failed cannot go on; the server can.
         std::fprintf(stderr, "mixtral serve: a forward step failed: %s\n", e.what());
-        ended += static_cast<int64_t>(jobs_.size());
         for (auto& [id, job] : jobs_) {
           sched_->cancel(id);
+          count_end();
           job->end(FinishReason::None, std::string("the engine failed: ") + e.what(), 500);
         }
         jobs_.clear();
@@ -178,8 +184,6 @@ void EngineLoop::run() {
 
     lk.lock();
     stats_.running = static_cast<int>(jobs_.size());
-    stats_.completed += ended;
-    stats_.cancelled += cancelled;
   }
   lk.unlock();
   end_all("the server is shutting down", 503);

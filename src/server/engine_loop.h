@@ -75,6 +75,9 @@ class EngineLoop {
   void run();
   int admit(std::vector<std::shared_ptr<Job>>& in);  // returns how many were refused
   void end_all(const std::string& error, int status);
+  // Counts a request as completed (and cancelled) before its reply goes out, so /health never
+  // lags a response the client already has.
+  void count_end(bool cancelled = false);
 
   Scheduler::ForwardFn forward_;
   int vocab_, eos_id_, context_;
