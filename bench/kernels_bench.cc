@@ -66,9 +66,10 @@ const Weights& weights(DType t, int64_t rows, int64_t cols) {
     } else if (t == DType::F32) {
       const float f = 0.01f;
       for (int64_t i = 0; i < cols; ++i) std::memcpy(row + 4 * i, &f, 4);
-    } else if (t == DType::Q8_0R16) {  // scales after each 16-row group's quants
+    } else if (is_r16(t)) {  // scales after each 16-row group's quants (16 or 8 bytes a value)
+      const int64_t qbytes = t == DType::Q8_0R16 ? cols * 16 : cols * 8;
       if (r % 16 == 0)
-        for (int64_t k2 = 0; k2 < cols / 32 * 16; ++k2) std::memcpy(row + cols * 16 + 2 * k2, &h, 2);
+        for (int64_t k2 = 0; k2 < cols / 32 * 16; ++k2) std::memcpy(row + qbytes + 2 * k2, &h, 2);
     } else if (info.quantized) {
       for (int64_t k2 = 0; k2 < cols / info.block_elems; ++k2) {
         uint8_t* blk = row + k2 * info.block_bytes;
@@ -141,6 +142,7 @@ BENCHMARK_CAPTURE(BM_matmul_hot, q8_0r16_l2_256x4096, DType::Q8_0R16, 256, 4096)
 BENCHMARK_CAPTURE(BM_matmul_hot, q8_0_l3_2048x4096, DType::Q8_0, 2048, 4096)
     ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMicrosecond)->UseRealTime();
 MX_SHAPES(DType::Q4_0, q4_0)
+MX_SHAPES(DType::Q4_0R16, q4_0r16)
 MX_SHAPES(DType::BF16, bf16)
 MX_SHAPES(DType::Q4_K, q4_k)
 MX_SHAPES(DType::Q6_K, q6_k)

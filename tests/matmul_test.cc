@@ -315,9 +315,19 @@ TEST(Matmul, DeterministicLongRows) {
 // token count must give each token exactly its one-token GEMV result.
 // Every token count 2..n against one GEMV per token, bit for bit (each token count picks its
 // own tiling / packing path).
+// Random weights of the base type, interleaved when t is an r16 type (rows % 16 == 0).
+std::vector<uint8_t> random_weights_any(DType t, int64_t rows, int64_t cols, std::mt19937& rng) {
+  auto w = random_weights(r16_base(t), rows, cols, rng);
+  if (!is_r16(t)) return w;
+  std::vector<uint8_t> wi(w.size());
+  const size_t gb = 16 * row_bytes(t, cols);
+  for (int64_t g = 0; g < rows / 16; ++g) interleave_r16(t, w.data() + g * gb, cols, wi.data() + g * gb);
+  return wi;
+}
+
 void token_counts_match_gemv(DType t, int64_t rows, int64_t cols, int64_t n, unsigned seed) {
   std::mt19937 rng(seed);
-  auto w = random_weights(t, rows, cols, rng);
+  auto w = random_weights_any(t, rows, cols, rng);
   auto x = random_acts(n, cols, rng);
   const MatView v = view(t, w, rows, cols);
   ThreadPool p1(1), p2(2);
@@ -363,7 +373,7 @@ TEST(Matmul, Q8R16MatchesQ8_0BitForBit) {
     const auto w = random_weights(DType::Q8_0, rows, cols, rng);
     std::vector<uint8_t> wi(w.size());
     const size_t gb = 16 * row_bytes(DType::Q8_0, cols);
-    for (int64_t g = 0; g < rows / 16; ++g) interleave_q8_0_r16(w.data() + g * gb, cols, wi.data() + g * gb);
+    for (int64_t g = 0; g < rows / 16; ++g) interleave_r16(DType::Q8_0R16, w.data() + g * gb, cols, wi.data() + g * gb);
     const MatView v = view(DType::Q8_0, w, rows, cols), vi = view(DType::Q8_0R16, wi, rows, cols);
     for (int64_t n : {1, 2, 5, 8, 9, 16, 17, 23, 40}) {
       const auto x = random_acts(n, cols, rng);
@@ -387,6 +397,38 @@ TEST(Matmul, Q8R16MatchesQ8_0BitForBit) {
     ASSERT_EQ(0, std::memcmp(a.data(), y0.data(), a.size() * sizeof(float)));
     ASSERT_EQ(0, std::memcmp(a.data(), y1.data(), a.size() * sizeof(float)));
   }
+}
+
+// Q4_0R16 uses Q8_0's exact block sums, not the Q4_0 kernels' float order: within the SIMD
+// tolerance of Q4_0 on every path, bit-identical between AVX2 and AVX-512 (the same sequence
+// per row and token), and every token count equal to its GEMV bit for bit.
+TEST(Matmul, Q4R16MatchesQ4_0AndItsGemv) {
+  PathGuard guard;
+  std::mt19937 rng(41);
+  ThreadPool p1(1), p2(2);
+  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{16, 32}, {48, 96}, {80, 4096}, {64, 1440}}) {
+    const auto w = random_weights(DType::Q4_0, rows, cols, rng);
+    std::vector<uint8_t> wi(w.size());
+    const size_t gb = 16 * row_bytes(DType::Q4_0, cols);
+    for (int64_t g = 0; g < rows / 16; ++g) interleave_r16(DType::Q4_0R16, w.data() + g * gb, cols, wi.data() + g * gb);
+    const MatView v = view(DType::Q4_0, w, rows, cols), vi = view(DType::Q4_0R16, wi, rows, cols);
+    for (int64_t n : {1, 3, 8, 9, 17, 40}) {
+      const auto x = random_acts(n, cols, rng);
+      const Ref ref = reference(v, x, n);
+      const auto scalar = run(SimdPath::Scalar, vi, x, n, p2);
+      std::vector<float> first;
+      for (SimdPath p : simd_paths()) {
+        const auto a = run(p, v, x, n, p2), b = run(p, vi, x, n, p1);
+        for (size_t i = 0; i < a.size(); ++i) {
+          ASSERT_NEAR(b[i], a[i], 4e-6 * ref.mag[i] + 1e-30) << simd_path_name(p) << " " << i;
+          ASSERT_NEAR(b[i], scalar[i], 4e-6 * ref.mag[i] + 1e-30) << simd_path_name(p) << " " << i;
+        }
+        if (first.empty()) first = b;
+        else ASSERT_EQ(0, std::memcmp(first.data(), b.data(), b.size() * sizeof(float))) << simd_path_name(p);
+      }
+    }
+  }
+  token_counts_match_gemv(DType::Q4_0R16, 96, 352, 41, 42);  // 11 blocks, 3 pairs
 }
 
 TEST(Matmul, Q8R16RejectsPartialGroups) {

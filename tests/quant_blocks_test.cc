@@ -340,8 +340,8 @@ TEST(QuantBlocks, Q8R16InterleavesQ8_0Exactly) {
     ASSERT_TRUE(quantize_row(DType::Q8_0, x.data(), q.data() + r * rb, cols));
   }
   for (int64_t gi = 0; gi < rows / 16; ++gi) {
-    interleave_q8_0_r16(q.data() + gi * 16 * rb, cols, g.data() + gi * 16 * rb);
-    deinterleave_q8_0_r16(g.data() + gi * 16 * rb, cols, back.data() + gi * 16 * rb);
+    interleave_r16(DType::Q8_0R16, q.data() + gi * 16 * rb, cols, g.data() + gi * 16 * rb);
+    deinterleave_r16(DType::Q8_0R16, g.data() + gi * 16 * rb, cols, back.data() + gi * 16 * rb);
   }
   EXPECT_EQ(0, std::memcmp(q.data(), back.data(), q.size()));
   // Row 21 = group 1, lane 5; block 2, quant 13 (k = 3, i = 1); its scale.
@@ -354,6 +354,29 @@ TEST(QuantBlocks, Q8R16InterleavesQ8_0Exactly) {
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
   std::vector<float> one(cols);
   EXPECT_THROW(dequantize_row(DType::Q8_0R16, g.data(), one.data(), cols), std::invalid_argument);
+}
+
+TEST(QuantBlocks, Q4R16InterleavesQ4_0Exactly) {
+  const int64_t cols = 96, rows = 32, nb = cols / 32;
+  const size_t rb = row_bytes(DType::Q4_0, cols);
+  std::vector<uint8_t> q(rows * rb), g(q.size()), back(q.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto x = random_row(cols, static_cast<uint32_t>(300 + r));
+    ASSERT_TRUE(quantize_row(DType::Q4_0, x.data(), q.data() + r * rb, cols));
+  }
+  for (int64_t gi = 0; gi < rows / 16; ++gi) {
+    interleave_r16(DType::Q4_0R16, q.data() + gi * 16 * rb, cols, g.data() + gi * 16 * rb);
+    deinterleave_r16(DType::Q4_0R16, g.data() + gi * 16 * rb, cols, back.data() + gi * 16 * rb);
+  }
+  EXPECT_EQ(0, std::memcmp(q.data(), back.data(), q.size()));
+  // Row 21 = group 1, lane 5; block 2, quant byte 9 (m = 2, i = 1); its scale.
+  const uint8_t* grp = g.data() + 16 * rb;
+  EXPECT_EQ(grp[256 * 2 + 64 * 2 + 4 * 5 + 1], q[21 * rb + 2 * 18 + 2 + 9]);
+  EXPECT_EQ(0, std::memcmp(grp + 256 * nb + 32 * 2 + 2 * 5, q.data() + 21 * rb + 2 * 18, 2));
+  std::vector<float> a(static_cast<size_t>(7 * cols)), b(a.size());
+  dequantize_rows(DType::Q4_0, q.data(), cols, 20, 7, a.data());
+  dequantize_rows(DType::Q4_0R16, g.data(), cols, 20, 7, b.data());
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
 }
 
 }  // namespace

@@ -204,7 +204,7 @@ TEST(Repack, Q8StaysAsCloseAsLlamaCppQ8_0) {
     std::vector<uint8_t> rows(t.nbytes());
     const size_t group = 16 * t.row_stride();
     for (size_t g = 0; g < t.nbytes() / group; ++g)
-      deinterleave_q8_0_r16(t.data + g * group, t.cols(), rows.data() + g * group);
+      deinterleave_r16(DType::Q8_0R16, t.data + g * group, t.cols(), rows.data() + g * group);
     EXPECT_EQ(std::memcmp(u.data, rows.data(), t.nbytes()), 0) << name;
     ++compared;
   }
@@ -213,11 +213,36 @@ TEST(Repack, Q8StaysAsCloseAsLlamaCppQ8_0) {
 
 TEST(Repack, Q4StaysAsCloseAsLlamaCppQ4_0) {
   const std::string dir = cache("q4");
-  EXPECT_EQ(manifest(dir)["tensors"]["layers.0.experts.3.w1"]["dtype"], "q4_0");
-  EXPECT_EQ(manifest(dir)["tensors"]["tok_embeddings"]["dtype"], "q4_0");
+  EXPECT_EQ(manifest(dir)["tensors"]["layers.0.experts.3.w1"]["dtype"], "q4_0r16");
+  EXPECT_EQ(manifest(dir)["tensors"]["tok_embeddings"]["dtype"], "q4_0");  // looked up by row
   EXPECT_EQ(manifest(dir)["tensors"]["output"]["dtype"], "q8_0r16");  // 8-bit, as llama-quantize keeps it
   // llama.cpp's q4_0 file, whose LM head is q8_0 too: exact arithmetic gives 0.575 and 63.9%.
   check_close_to_reference(dir, 0.575 + 0.04, 0.639 - 0.012);
+  // llama.cpp's q4_0 GGUF repacked to q4 is reordered, not re-encoded: its expert matrices,
+  // deinterleaved, are the GGUF's bytes.
+  LoadedModel g;
+  try {
+    g = load_model(data_path("tiny-mixtral/gguf/tiny-mixtral-q4_0.gguf"));
+  } catch (const Error& e) {
+    GTEST_SKIP() << "GGUF loader not available in this build: " << e.what();
+  }
+  const std::string from_gguf = tmp_dir("wc-q4-gguf") + "/c";
+  repack_cli(data_path("tiny-mixtral/gguf/tiny-mixtral-q4_0.gguf"), from_gguf, "--dtype q4");
+  const LoadedModel c = load_model(from_gguf);
+  int compared = 0;
+  for (const auto& [name, t] : c.store.tensors) {
+    if (canonical_expert(name) < 0) continue;
+    const Tensor& u = g.store.get(name);
+    if (u.dtype != DType::Q4_0) continue;
+    ASSERT_EQ(t.dtype, DType::Q4_0R16) << name;
+    std::vector<uint8_t> rows(t.nbytes());
+    const size_t group = 16 * t.row_stride();
+    for (size_t gi = 0; gi < t.nbytes() / group; ++gi)
+      deinterleave_r16(t.dtype, t.data + gi * group, t.cols(), rows.data() + gi * group);
+    EXPECT_EQ(std::memcmp(u.data, rows.data(), t.nbytes()), 0) << name;
+    ++compared;
+  }
+  EXPECT_GT(compared, 0);
 }
 
 TEST(Repack, ColumnsNotAMultipleOf32StayF32) {

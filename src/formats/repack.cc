@@ -44,12 +44,12 @@ bool keeps_8bit_under_q4(const std::string& name) {
   return name == "output" || ends_with(name, ".attention.wk") || ends_with(name, ".attention.wv");
 }
 
-// Q8_0 tensors are stored as Q8_0R16 (the same bytes, 16 rows interleaved: dtype.h) when they
-// are 2-D with whole 16-row groups, except the embedding table, whose single rows are looked up.
+// Q8_0 / Q4_0 tensors are stored as Q8_0R16 / Q4_0R16 (the same bytes, 16 rows interleaved:
+// dtype.h) when they are 2-D with whole 16-row groups, except the embedding table, whose single
+// rows are looked up.
 DType storage_dtype(DType d, const std::string& name, const Tensor& t) {
-  if (d != DType::Q8_0 || name == "tok_embeddings" || t.shape.size() != 2 || t.rows() % 16 != 0)
-    return d;
-  return DType::Q8_0R16;
+  if (name == "tok_embeddings" || t.shape.size() != 2 || t.rows() % 16 != 0) return d;
+  return r16_of(d);
 }
 
 // The dtype a tensor is stored in; appends to `notes` when it cannot take the requested one.
@@ -70,12 +70,12 @@ DType target_dtype(const std::string& mode, const std::string& name, const Tenso
   // 8-expert models: together 0.9% of Mixtral's parameters, they move the logits most
   // (mean |d log p| on the fixtures: 0.70 all-q4, 0.58 with these in q8_0; docs/accuracy.md).
   if (mode == "q4" && keeps_8bit_under_q4(name)) return storage_dtype(DType::Q8_0, name, t);
-  return mode == "q8" ? storage_dtype(DType::Q8_0, name, t) : DType::Q4_0;
+  return storage_dtype(mode == "q8" ? DType::Q8_0 : DType::Q4_0, name, t);
 }
 
 // Writes one tensor at the next 64-byte boundary of `w`, converting 16 rows at a time when the
-// dtype changes; a few MiB of buffers whatever the tensor's size. Q8_0 <-> Q8_0R16 moves the
-// same bytes (no re-encoding), so a Q8_0 GGUF repacks losslessly.
+// dtype changes; a few MiB of buffers whatever the tensor's size. Q8_0 <-> Q8_0R16 (and Q4_0 <->
+// Q4_0R16) moves the same bytes (no re-encoding), so a Q8_0 or Q4_0 GGUF repacks losslessly.
 void write_tensor(FileWriter& w, const Tensor& t, DType out, ThreadPool& pool,
                   std::vector<std::vector<float>>& scratch, std::vector<uint8_t>& outbuf) {
   if (out == t.dtype) {
@@ -83,13 +83,13 @@ void write_tensor(FileWriter& w, const Tensor& t, DType out, ThreadPool& pool,
     return;
   }
   const int64_t cols = t.cols(), rows = t.rows();
-  const bool to_r16 = out == DType::Q8_0R16, from_r16 = t.dtype == DType::Q8_0R16;
-  const DType enc = to_r16 ? DType::Q8_0 : out;  // what rows are encoded as before interleaving
-  const size_t out_row = row_bytes(out, cols), q8_row = row_bytes(DType::Q8_0, cols);
+  const bool to_r16 = is_r16(out), from_r16 = is_r16(t.dtype);
+  const DType enc = r16_base(out);  // what rows are encoded as before interleaving
+  const size_t out_row = row_bytes(out, cols), enc_row = row_bytes(enc, cols);
   int64_t batch = std::max<int64_t>(16, static_cast<int64_t>((size_t{8} << 20) / std::max<size_t>(out_row, 1)));
   batch = batch / 16 * 16;  // whole groups: both layouts convert 16 rows at a time
   outbuf.resize(static_cast<size_t>(std::min(batch, rows)) * out_row);
-  for (auto& s : scratch) s.resize(static_cast<size_t>(16 * cols) + (16 * q8_row + 3) / 4);
+  for (auto& s : scratch) s.resize(static_cast<size_t>(16 * cols) + (16 * enc_row + 3) / 4);
   std::atomic<bool> unsupported{false};
   for (int64_t r0 = 0; r0 < rows; r0 += batch) {
     const int64_t n = std::min(batch, rows - r0);
@@ -100,19 +100,19 @@ void write_tensor(FileWriter& w, const Tensor& t, DType out, ThreadPool& pool,
         const int64_t m = std::min<int64_t>(16, e - c);
         uint8_t* dst = outbuf.data() + static_cast<size_t>(c) * out_row;
         const uint8_t* src = t.data + static_cast<size_t>(r0 + c) * t.row_stride();
-        // Q8_0 rows of this chunk, in `enc` form, at `q` (dst when no interleaving follows).
+        // This chunk's rows in `enc` form at `q` (dst when no interleaving follows).
         uint8_t* q = to_r16 ? rows16 : dst;
-        if (to_r16 && t.dtype == DType::Q8_0) {
-          std::memcpy(q, src, static_cast<size_t>(m) * q8_row);
-        } else if (from_r16 && enc == DType::Q8_0) {
-          deinterleave_q8_0_r16(src, cols, q);
+        if (to_r16 && t.dtype == enc) {
+          std::memcpy(q, src, static_cast<size_t>(m) * enc_row);
+        } else if (from_r16 && r16_base(t.dtype) == enc) {
+          deinterleave_r16(t.dtype, src, cols, q);
         } else {
           dequantize_rows(t.dtype, t.data, cols, r0 + c, m, tmp);
           for (int64_t i = 0; i < m; ++i)
             if (!quantize_row(enc, tmp + i * cols, q + static_cast<size_t>(i) * row_bytes(enc, cols), cols))
               unsupported = true;
         }
-        if (to_r16) interleave_q8_0_r16(rows16, cols, dst);
+        if (to_r16) interleave_r16(out, rows16, cols, dst);
       }
     }, 16);
     if (unsupported)
@@ -196,8 +196,10 @@ std::string stale_reason(const fs::path& out, const RepackOptions& o,
   if (mf.source_files != stamps) return "the source changed (or is another checkpoint)";
   if (o.dtype == "q8" || o.dtype == "q4")
     for (const auto& t : mf.tensors)
-      if (t.dtype == DType::Q8_0 && t.name != "tok_embeddings" && t.shape.size() == 2 && t.shape[0] % 16 == 0)
-        return "it holds plain q8_0 matrices (" + t.name + "), from before the q8_0r16 layout";
+      if ((t.dtype == DType::Q8_0 || t.dtype == DType::Q4_0) && t.name != "tok_embeddings" &&
+          t.shape.size() == 2 && t.shape[0] % 16 == 0)
+        return "it holds plain " + std::string(dtype_info(t.dtype).name) + " matrices (" + t.name +
+               "), from before the interleaved (r16) layouts";
   for (const auto& f : mf.files) {
     std::error_code ec;
     const auto size = fs::file_size(out / f.name, ec);

@@ -297,8 +297,9 @@ CacheManifest parse_cache_manifest(const std::string& text, const std::string& p
     if (cols % di.block_elems != 0)
       fail(where + ": " + std::to_string(cols) + " columns are not a multiple of the " +
            std::string(di.name) + " block size " + std::to_string(di.block_elems));
-    if (t.dtype == DType::Q8_0R16 && (t.shape.size() != 2 || t.shape[0] % 16 != 0))
-      fail(where + ": q8_0r16 needs a 2-D shape with a multiple of 16 rows, not " + shape_str(t.shape));
+    if (is_r16(t.dtype) && (t.shape.size() != 2 || t.shape[0] % 16 != 0))
+      fail(where + ": " + std::string(di.name) + " needs a 2-D shape with a multiple of 16 rows, not " +
+           shape_str(t.shape));
     const uint64_t want = n / static_cast<uint64_t>(di.block_elems) * static_cast<uint64_t>(di.block_bytes);
     if (want != t.nbytes)
       fail(where + ": shape " + shape_str(t.shape) + " of " + std::string(di.name) + " needs " +

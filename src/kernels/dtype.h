@@ -11,7 +11,7 @@ enum class DType : uint8_t {
   F32, F16, BF16,
   Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,   // 32-element blocks (ggml legacy quants)
   Q4_K, Q5_K, Q6_K,               // 256-element super-blocks (ggml k-quants)
-  Q8_0R16,                        // Q8_0 with 16 rows interleaved (our cache only; see below)
+  Q8_0R16, Q4_0R16,               // Q8_0 / Q4_0 with 16 rows interleaved (our cache only; below)
   Q8_K,                           // activation-side format for k-quant dots (not stored in files)
   I32, I64, U8,                   // only seen in checkpoints for non-weight tensors
   Count
@@ -25,6 +25,13 @@ enum class DType : uint8_t {
 // In a block's 512 bytes, row l's quants 4k .. 4k+3 are at 64 k + 4 l (signed int8, as Q8_0);
 // its scale is the l-th f16 of the block's 32 bytes. A row is thus not contiguous: only whole
 // groups can be addressed (row(16 g) is group g's start, as the sizes equal Q8_0's).
+// Q4_0R16 is the same with Q4_0's 16 quant bytes per block: 256 bytes of quants per block
+// (row l's bytes 4m .. 4m+3 at 64 m + 4 l, nibbles as in Q4_0), then the f16 scales.
+// The row-major type an interleaved type reorders (Q8_0R16 -> Q8_0, Q4_0R16 -> Q4_0), else t.
+DType r16_base(DType t);
+// The interleaved type of t (Q8_0 -> Q8_0R16, Q4_0 -> Q4_0R16), or t when there is none.
+DType r16_of(DType t);
+inline bool is_r16(DType t) { return t == DType::Q8_0R16 || t == DType::Q4_0R16; }
 struct DTypeInfo {
   std::string_view name;  // lower-case, as printed and parsed ("f32", "q8_0", "q4_k")
   int block_elems;        // elements per block (1 for plain types)

@@ -89,31 +89,31 @@ namespace {
 
 void check(const MatView& w) {
   const DTypeInfo& info = dtype_info(w.dtype);
-  const bool supported = w.dtype <= DType::Q6_K || w.dtype == DType::Q8_0R16;
+  const bool supported = w.dtype <= DType::Q6_K || is_r16(w.dtype);
   if (!supported || w.cols % info.block_elems != 0)
     throw std::invalid_argument("matmul: unsupported weight " + std::string(info.name) + " with " +
                                 std::to_string(w.cols) + " columns");
-  if (w.dtype == DType::Q8_0R16 && w.rows % 16 != 0)
-    throw std::invalid_argument("matmul: q8_0r16 weight with " + std::to_string(w.rows) +
+  if (is_r16(w.dtype) && w.rows % 16 != 0)
+    throw std::invalid_argument("matmul: " + std::string(info.name) + " weight with " + std::to_string(w.rows) +
                                 " rows (the layout needs whole 16-row groups)");
 }
 
-// Q8_0R16 on the scalar path (AVX2 and AVX-512 have their own kernels): each 16-row group is
-// deinterleaved into plain Q8_0 rows (an L2-resident copy) and run by the scalar Q8_0 kernel,
-// so the results are Q8_0's bit for bit. r0 and r1 are multiples of 16.
-void rows_r16_via_q8_0(mmk::RowsFn rows, const MatView& w, const mmk::Prepared& p, int64_t r0,
+// Interleaved types on the scalar path (AVX2 and AVX-512 have their own kernels): each 16-row
+// group is deinterleaved into plain rows of the base type (an L2-resident copy) and run by the
+// scalar kernel of that type. r0 and r1 are multiples of 16.
+void rows_r16_via_base(mmk::RowsFn rows, const MatView& w, const mmk::Prepared& p, int64_t r0,
                        int64_t r1, float* y, int64_t ldy) {
   thread_local std::vector<uint8_t> buf;
-  const size_t rb = row_bytes(DType::Q8_0, w.cols);
+  const size_t rb = row_bytes(r16_base(w.dtype), w.cols);
   buf.resize(16 * rb);
   MatView v;
-  v.dtype = DType::Q8_0;
+  v.dtype = r16_base(w.dtype);
   v.data = buf.data();
   v.rows = 16;
   v.cols = w.cols;
   v.stride = rb;
   for (int64_t r = r0; r < r1; r += 16) {
-    deinterleave_q8_0_r16(w.row(r), w.cols, buf.data());
+    deinterleave_r16(w.dtype, w.row(r), w.cols, buf.data());
     rows(v, p, 0, 16, y + r, ldy);
   }
 }
@@ -132,13 +132,13 @@ void run_shared(const MatView* ws, float* const* ys, int n, const float* x, int6
   }
 
   // One buffer per calling thread, reused across calls (no allocation per op in decode).
-  const bool r16_copy = w0.dtype == DType::Q8_0R16 && simd_path() == SimdPath::Scalar;
+  const bool r16_copy = is_r16(w0.dtype) && simd_path() == SimdPath::Scalar;
   thread_local mmk::Arena arena;
   mmk::Prepared p;
   mmk::PrepareJob job;
-  prepare(r16_copy ? DType::Q8_0 : w0.dtype, n_tokens, w0.cols, arena, &p, &job);
+  prepare(r16_copy ? r16_base(w0.dtype) : w0.dtype, n_tokens, w0.cols, arena, &p, &job);
   auto run_rows = [&](const MatView& w, int64_t lo, int64_t hi, float* y) {
-    if (r16_copy) rows_r16_via_q8_0(rows, w, p, lo, hi, y, w.rows);
+    if (r16_copy) rows_r16_via_base(rows, w, p, lo, hi, y, w.rows);
     else rows(w, p, lo, hi, y, w.rows);
   };
   if (n_tokens >= 8 && pool.size() > 1) {

@@ -208,6 +208,43 @@ struct Q8R16 {
   }
 };
 
+// Q4_0R16 read in place, 8 rows in lanes: exact integer block sums (nibbles 0..15 times the
+// activations, plus the bias -8 * sum(x)), then f = fma(float(S), dw * dx, f) per block in
+// order: the AVX-512 kernel's sequence, so both paths give the same bits.
+struct Q4R16 {
+  static void half(const uint8_t* grp, int64_t nb, int h, const int8_t* xq, const float* xd,
+                   const int32_t* xb, float* y) {
+    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0F);
+    const uint8_t* xu = reinterpret_cast<const uint8_t*>(xq);
+    __m256 f = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* q = grp + 256 * b + 32 * h;
+      __m256i S = _mm256_set1_epi32(xb[b]);
+      MX_UNROLL for (int m = 0; m < 4; ++m) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * m));
+        const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        const __m256i xl = _mm256_set1_epi32(static_cast<int>(ld32(xu + 32 * b + 4 * m)));
+        const __m256i xh = _mm256_set1_epi32(static_cast<int>(ld32(xu + 32 * b + 16 + 4 * m)));
+        S = _mm256_add_epi32(S, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), ones));
+        S = _mm256_add_epi32(S, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), ones));
+      }
+      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + 256 * nb + 32 * b + 16 * h)));
+      f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(S), _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + b)), f);
+    }
+    _mm256_storeu_ps(y, f);
+  }
+
+  // r0 and r1 are multiples of 16.
+  static void rows(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+    const int64_t nb = w.cols / 32;
+    for (int64_t r = r0; r < r1; r += 16)
+      for (int h = 0; h < 2; ++h)
+        for (int64_t t = 0; t < p.n_tokens; ++t)
+          half(w.row(r), nb, h, p.q + t * p.q_stride, p.d + t * p.d_stride, p.bias + t * p.d_stride,
+               y + t * ldy + r + 8 * h);
+  }
+};
+
 // ---------------------------------------------------------------- k-quants
 
 template <DType DT>
@@ -400,6 +437,7 @@ void prepare_avx2(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prepar
     default:
       job->layout.block = 32;
       job->layout.want_sd = dt == DType::Q4_1 || dt == DType::Q5_1;
+      if (dt == DType::Q4_0R16) job->layout.bias_mul = -8;  // Q4R16: the Q4_0 offset
       break;
   }
   job->quant = true;
@@ -415,6 +453,7 @@ void rows_avx2(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, floa
     case DType::BF16: return drive<Plain<DType::BF16>, 4, 3>(w, p, r0, r1, y, ldy);
     case DType::Q8_0: return drive<Legacy<DType::Q8_0>, 2, 3>(w, p, r0, r1, y, ldy);
     case DType::Q8_0R16: return Q8R16::rows(w, p, r0, r1, y, ldy);
+    case DType::Q4_0R16: return Q4R16::rows(w, p, r0, r1, y, ldy);
     case DType::Q4_0: return drive<Legacy<DType::Q4_0>, 2, 3>(w, p, r0, r1, y, ldy);
     case DType::Q4_1: return drive<Legacy<DType::Q4_1>, 2, 3>(w, p, r0, r1, y, ldy);
     case DType::Q5_0: return drive<Legacy<DType::Q5_0>, 2, 3>(w, p, r0, r1, y, ldy);

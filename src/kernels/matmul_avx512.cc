@@ -384,6 +384,24 @@ struct Q8T {
     }
   };
 
+  // Q4_0R16 in place: 4 vectors of nibble dwords per block; low nibbles are values 4k .. 4k+3
+  // (W[k]), high nibbles 16 + 4k .. (W[4 + k]), already unsigned (0..15). The Q4_0 offset 8
+  // is removed exactly as the Q8_0 offset is: the bias is -8 * sum(x).
+  template <bool kPf>
+  struct FromQ4R16 {
+    static inline void load(const uint8_t* grp, int64_t nb, int64_t b, __m512i (&W)[8], __m512& dw) {
+      const uint8_t* s = grp + 256 * b;
+      if constexpr (kPf) prefetch_span<256>(s);
+      const __m512i m4 = _mm512_set1_epi8(0x0F);
+      MX_UNROLL for (int k = 0; k < 4; ++k) {
+        const __m512i v = _mm512_loadu_si512(s + 64 * k);
+        W[k] = _mm512_and_si512(v, m4);
+        W[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+      }
+      dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + 256 * nb + 32 * b)));
+    }
+  };
+
   template <class L, int NT>
   static void packed(const uint8_t* src, int64_t nb, const Prepared& p, int64_t r, int n, int64_t t,
                      float* y, int64_t ldy) {
@@ -559,9 +577,11 @@ struct Q8T {
     }
   }
 
-  // Q8_0R16 (dtype.h): the same arithmetic as above on blocks read in place, so results equal
-  // Q8_0's bit for bit, without the transposition. Every thread streams its groups in order.
-  // r0 and r1 are multiples of 16.
+  // Q8_0R16 / Q4_0R16 (dtype.h), blocks read in place by loader L. For Q8_0R16 the arithmetic
+  // is the above, so results equal Q8_0's bit for bit, without the transposition; Q4_0R16 gets
+  // the same exact integer block sums (not the Nibble kernel's float order). Every thread
+  // streams its groups in order. r0 and r1 are multiples of 16.
+  template <template <bool> class L>
   static void rows_r16(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
                        int64_t ldy) {
     const int64_t T = p.n_tokens, nb = w.cols / 32;
@@ -569,7 +589,7 @@ struct Q8T {
     if (T <= MX_Q8R_DIRECT) {  // decode and small expert groups: one pass, 16 rows at a time
       for (int64_t r = r0; r < r1; r += 16)
         for (int64_t t = 0; t < T; t += kFT)
-          packed_n<FromR16<true>, kFT>(static_cast<int>(T - t < kFT ? T - t : kFT), w.row(r), nb, p,
+          packed_n<L<true>, kFT>(static_cast<int>(T - t < kFT ? T - t : kFT), w.row(r), nb, p,
                                        r, 16, t, y, ldy);
       return;
     }
@@ -583,13 +603,13 @@ struct Q8T {
         const int64_t b1 = b0 + kc < nb ? b0 + kc : nb;
         for (int64_t t = 0; t < T; t += 4) {
           const int nt = static_cast<int>(T - t < 4 ? T - t : 4);
-          if (t == 0) packed2_n<FromR16<true>>(nt, w.row(r), gbytes, nb, p, r, t, y, ldy, b0, b1);
-          else packed2_n<FromR16<false>>(nt, w.row(r), gbytes, nb, p, r, t, y, ldy, b0, b1);
+          if (t == 0) packed2_n<L<true>>(nt, w.row(r), gbytes, nb, p, r, t, y, ldy, b0, b1);
+          else packed2_n<L<false>>(nt, w.row(r), gbytes, nb, p, r, t, y, ldy, b0, b1);
         }
       }
     if (r < r1)  // a lone last group: 16 rows x 8 tokens over whole rows (from L2)
       for (int64_t t = 0; t < T; t += kMT)
-        packed_n<FromR16<false>>(static_cast<int>(T - t < kMT ? T - t : kMT), w.row(r), nb, p, r, 16,
+        packed_n<L<false>>(static_cast<int>(T - t < kMT ? T - t : kMT), w.row(r), nb, p, r, 16,
                                  t, y, ldy);
   }
 };
@@ -971,6 +991,10 @@ void prepare_avx512(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prep
       job->layout.block = 32;
       job->layout.bias_mul = -128;  // Q8T: weights + 128, activations signed
       break;
+    case DType::Q4_0R16:
+      job->layout.block = 32;
+      job->layout.bias_mul = -8;  // Q8T's tiles on nibbles 0..15: the Q4_0 offset
+      break;
     default:
       job->layout.block = 32;
       job->layout.perm = kPermNib;
@@ -993,7 +1017,8 @@ void rows_avx512(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, fl
     case DType::F16: return drive<Plain<DType::F16>, 4, 3>(w, p, r0, r1, y, ldy);
     case DType::BF16: return drive<Plain<DType::BF16>, 4, 3>(w, p, r0, r1, y, ldy);
     case DType::Q8_0: return Q8T::rows(w, p, r0, r1, y, ldy);
-    case DType::Q8_0R16: return Q8T::rows_r16(w, p, r0, r1, y, ldy);
+    case DType::Q8_0R16: return Q8T::rows_r16<Q8T::FromR16>(w, p, r0, r1, y, ldy);
+    case DType::Q4_0R16: return Q8T::rows_r16<Q8T::FromQ4R16>(w, p, r0, r1, y, ldy);
     case DType::Q4_0: return drive<Nibble<DType::Q4_0>, 4, 4>(w, p, r0, r1, y, ldy);
     case DType::Q4_1: return drive<Nibble<DType::Q4_1>, 2, 4>(w, p, r0, r1, y, ldy);
     case DType::Q5_0: return drive<Nibble<DType::Q5_0>, 2, 4>(w, p, r0, r1, y, ldy);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/half.h"
@@ -274,8 +275,9 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
     case DType::Q5_K: return dequant_q5_k(static_cast<const BlockQ5_K*>(src), dst, nb);
     case DType::Q6_K: return dequant_q6_k(static_cast<const BlockQ6_K*>(src), dst, nb);
     case DType::Q8_K: return dequant_q8_k(static_cast<const BlockQ8_K*>(src), dst, nb);
-    case DType::Q8_0R16:
-      throw std::invalid_argument("dequantize_row: q8_0r16 rows are interleaved in 16-row groups");
+    case DType::Q8_0R16: case DType::Q4_0R16:
+      throw std::invalid_argument("dequantize_row: " + std::string(dtype_info(t).name) +
+                                  " rows are interleaved in 16-row groups");
     // Integer tensors are never weights, but converting them keeps this total over DType.
     case DType::I32: {
       const auto* p = static_cast<const uint8_t*>(src);
@@ -296,45 +298,54 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
   }
 }
 
-void interleave_q8_0_r16(const uint8_t* rows16, int64_t cols, uint8_t* group) {
+namespace {
+// Quant bytes and scale offset of one base-type block: Q8_0 {d, qs[32]}, Q4_0 {d, qs[16]}.
+int r16_quant_bytes(DType t) { return t == DType::Q4_0R16 ? 16 : 32; }
+}  // namespace
+
+void interleave_r16(DType t, const uint8_t* rows16, int64_t cols, uint8_t* group) {
+  const DType base = r16_base(t);
   const int64_t nb = cols / QK;
-  const size_t rb = row_bytes(DType::Q8_0, cols);
+  const int qb = r16_quant_bytes(t), bb = dtype_info(base).block_bytes;
+  const size_t rb = row_bytes(base, cols);
   for (int l = 0; l < 16; ++l) {
-    const auto* row = reinterpret_cast<const BlockQ8_0*>(rows16 + l * rb);
+    const uint8_t* row = rows16 + l * rb;
     for (int64_t b = 0; b < nb; ++b) {
-      uint8_t* q = group + 512 * b + 4 * l;
-      for (int k = 0; k < 8; ++k) std::memcpy(q + 64 * k, row[b].qs + 4 * k, 4);
-      std::memcpy(group + 512 * nb + 32 * b + 2 * l, &row[b].d, 2);
+      uint8_t* q = group + 16 * qb * b + 4 * l;
+      for (int k = 0; k < qb / 4; ++k) std::memcpy(q + 64 * k, row + b * bb + 2 + 4 * k, 4);
+      std::memcpy(group + 16 * qb * nb + 32 * b + 2 * l, row + b * bb, 2);
     }
   }
 }
 
-void deinterleave_q8_0_r16(const uint8_t* group, int64_t cols, uint8_t* rows16) {
+void deinterleave_r16(DType t, const uint8_t* group, int64_t cols, uint8_t* rows16) {
+  const DType base = r16_base(t);
   const int64_t nb = cols / QK;
-  const size_t rb = row_bytes(DType::Q8_0, cols);
+  const int qb = r16_quant_bytes(t), bb = dtype_info(base).block_bytes;
+  const size_t rb = row_bytes(base, cols);
   for (int l = 0; l < 16; ++l) {
-    auto* row = reinterpret_cast<BlockQ8_0*>(rows16 + l * rb);
+    uint8_t* row = rows16 + l * rb;
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* q = group + 512 * b + 4 * l;
-      for (int k = 0; k < 8; ++k) std::memcpy(row[b].qs + 4 * k, q + 64 * k, 4);
-      std::memcpy(&row[b].d, group + 512 * nb + 32 * b + 2 * l, 2);
+      const uint8_t* q = group + 16 * qb * b + 4 * l;
+      for (int k = 0; k < qb / 4; ++k) std::memcpy(row + b * bb + 2 + 4 * k, q + 64 * k, 4);
+      std::memcpy(row + b * bb, group + 16 * qb * nb + 32 * b + 2 * l, 2);
     }
   }
 }
 
 void dequantize_rows(DType t, const uint8_t* data, int64_t cols, int64_t r0, int64_t n, float* dst) {
   const size_t rb = row_bytes(t, cols);
-  if (t != DType::Q8_0R16) {
+  if (!is_r16(t)) {
     for (int64_t r = 0; r < n; ++r) dequantize_row(t, data + (r0 + r) * rb, dst + r * cols, cols);
     return;
   }
   std::vector<uint8_t> rows16(16 * rb);
   for (int64_t g = r0 / 16; g * 16 < r0 + n; ++g) {
-    deinterleave_q8_0_r16(data + 16 * g * rb, cols, rows16.data());
+    deinterleave_r16(t, data + 16 * g * rb, cols, rows16.data());
     for (int l = 0; l < 16; ++l) {
       const int64_t r = 16 * g + l;
       if (r >= r0 && r < r0 + n)
-        dequantize_row(DType::Q8_0, rows16.data() + l * rb, dst + (r - r0) * cols, cols);
+        dequantize_row(r16_base(t), rows16.data() + l * rb, dst + (r - r0) * cols, cols);
     }
   }
 }

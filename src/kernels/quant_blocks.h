@@ -43,17 +43,18 @@ inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
 }
 
 // Decodes n elements (a multiple of the type's block size) of any DType to f32.
-// Plain types (f32/f16/bf16) are accepted too. Q8_0R16 rows are not contiguous: it throws
+// Plain types (f32/f16/bf16) are accepted too. Interleaved rows are not contiguous: they throw
 // std::invalid_argument (use dequantize_rows).
 void dequantize_row(DType t, const void* src, float* dst, int64_t n);
 
-// Q8_0R16 (dtype.h): one group of 16 Q8_0 rows (contiguous, row_bytes(Q8_0, cols) apart) to
-// its interleaved form and back; both sides take 16 * row_bytes(Q8_0, cols) bytes. cols must be
-// a multiple of 32. The round trip is exact (the same bytes, reordered).
-void interleave_q8_0_r16(const uint8_t* rows16, int64_t cols, uint8_t* group);
-void deinterleave_q8_0_r16(const uint8_t* group, int64_t cols, uint8_t* rows16);
-// Rows [r0, r0 + n) of a weight tensor as f32, for any DType including Q8_0R16 (whose rows
-// are decoded through their group). data is the tensor's start, rows are cols wide.
+// Q8_0R16 / Q4_0R16 (dtype.h): one group of 16 rows of the base type (Q8_0 / Q4_0, contiguous,
+// row_bytes(base, cols) apart) to its interleaved form and back; both sides take
+// 16 * row_bytes(base, cols) bytes. cols must be a multiple of 32. The round trip is exact
+// (the same bytes, reordered). t is the interleaved type.
+void interleave_r16(DType t, const uint8_t* rows16, int64_t cols, uint8_t* group);
+void deinterleave_r16(DType t, const uint8_t* group, int64_t cols, uint8_t* rows16);
+// Rows [r0, r0 + n) of a weight tensor as f32, for any DType including the interleaved ones
+// (whose rows are decoded through their group). data is the tensor's start, rows are cols wide.
 void dequantize_rows(DType t, const uint8_t* data, int64_t cols, int64_t r0, int64_t n, float* dst);
 
 // Reference encoders (round-to-nearest like ggml's quantize_row_*_ref) for the types we write
