@@ -84,7 +84,7 @@ Command add_repack(CLI::App& app) {
   sub->add_option("--out,-o", o->out, "cache folder to create (replaced atomically)")->required();
   sub->add_option("--dtype", o->dtype,
                   "keep (each tensor's source type), f32, bf16, q8 (Q8_0, matrices 16 rows interleaved) "
-                  "or q4 (Q4_0; LM head and attention wk/wv in 8 bits); "
+                  "or q4 (Q4_0, interleaved too; LM head and attention wk/wv in 8 bits); "
                   "norms are always f32")
       ->default_val("keep");
   CLI::Option* ranks = sub->add_option("--ranks", o->ranks, "also list which files each of N ranks needs");

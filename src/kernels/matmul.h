@@ -44,7 +44,8 @@ SimdPath simd_path_for_env(const char* env);
 // then acc = fma(float(S_b), dw_b * dx_b, acc) per block in order, for every batch size);
 // several tokens first transpose row blocks once into an L2-resident packed buffer. Q8_0R16
 // (dtype.h) is stored already transposed: its kernels read it in place, with the same
-// arithmetic, so it equals Q8_0 bit for bit (other paths deinterleave a group at a time). For
+// arithmetic, so it equals Q8_0 bit for bit (the scalar path deinterleaves a group at a time).
+// Q4_0R16 goes through the same tiles (exact block sums; AVX2 and AVX-512 agree bit for bit). For
 // f32/f16/bf16 weights keep row starts 64-byte aligned: split cache-line loads cost up to a
 // third of the decode bandwidth (quantized blocks are insensitive to alignment).
 void matmul(const MatView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
