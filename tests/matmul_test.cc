@@ -315,14 +315,18 @@ TEST(Matmul, DeterministicLongRows) {
 // token count must give each token exactly its one-token GEMV result.
 // Every token count 2..n against one GEMV per token, bit for bit (each token count picks its
 // own tiling / packing path).
-// Random weights of the base type, interleaved when t is an r16 type (rows % 16 == 0).
-std::vector<uint8_t> random_weights_any(DType t, int64_t rows, int64_t cols, std::mt19937& rng) {
-  auto w = random_weights(r16_base(t), rows, cols, rng);
-  if (!is_r16(t)) return w;
+// Rows of r16_base(t) interleaved into the r16 type t, group by group (rows % 16 == 0).
+std::vector<uint8_t> interleaved(DType t, const std::vector<uint8_t>& w, int64_t rows, int64_t cols) {
   std::vector<uint8_t> wi(w.size());
   const size_t gb = 16 * row_bytes(t, cols);
   for (int64_t g = 0; g < rows / 16; ++g) interleave_r16(t, w.data() + g * gb, cols, wi.data() + g * gb);
   return wi;
+}
+
+// Random weights of the base type, interleaved when t is an r16 type.
+std::vector<uint8_t> random_weights_any(DType t, int64_t rows, int64_t cols, std::mt19937& rng) {
+  auto w = random_weights(r16_base(t), rows, cols, rng);
+  return is_r16(t) ? interleaved(t, w, rows, cols) : w;
 }
 
 void token_counts_match_gemv(DType t, int64_t rows, int64_t cols, int64_t n, unsigned seed) {
@@ -371,9 +375,7 @@ TEST(Matmul, Q8R16MatchesQ8_0BitForBit) {
   paths.push_back(SimdPath::Scalar);
   for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{16, 32}, {48, 96}, {80, 4096}, {64, 1440}}) {
     const auto w = random_weights(DType::Q8_0, rows, cols, rng);
-    std::vector<uint8_t> wi(w.size());
-    const size_t gb = 16 * row_bytes(DType::Q8_0, cols);
-    for (int64_t g = 0; g < rows / 16; ++g) interleave_r16(DType::Q8_0R16, w.data() + g * gb, cols, wi.data() + g * gb);
+    const auto wi = interleaved(DType::Q8_0R16, w, rows, cols);
     const MatView v = view(DType::Q8_0, w, rows, cols), vi = view(DType::Q8_0R16, wi, rows, cols);
     for (int64_t n : {1, 2, 5, 8, 9, 16, 17, 23, 40}) {
       const auto x = random_acts(n, cols, rng);
@@ -408,9 +410,7 @@ TEST(Matmul, Q4R16MatchesQ4_0AndItsGemv) {
   ThreadPool p1(1), p2(2);
   for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{16, 32}, {48, 96}, {80, 4096}, {64, 1440}}) {
     const auto w = random_weights(DType::Q4_0, rows, cols, rng);
-    std::vector<uint8_t> wi(w.size());
-    const size_t gb = 16 * row_bytes(DType::Q4_0, cols);
-    for (int64_t g = 0; g < rows / 16; ++g) interleave_r16(DType::Q4_0R16, w.data() + g * gb, cols, wi.data() + g * gb);
+    const auto wi = interleaved(DType::Q4_0R16, w, rows, cols);
     const MatView v = view(DType::Q4_0, w, rows, cols), vi = view(DType::Q4_0R16, wi, rows, cols);
     for (int64_t n : {1, 3, 8, 9, 17, 40}) {
       const auto x = random_acts(n, cols, rng);

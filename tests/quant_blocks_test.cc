@@ -328,55 +328,39 @@ TEST(QuantBlocks, GetScaleMinK4Unpacks6BitFields) {
   }
 }
 
-// Q8_0R16 holds Q8_0's bytes reordered: the round trip is exact, the interleaving puts row l's
-// quant 4k+i at 64k + 4l + i of its block, and dequantize_rows decodes any row range through
-// its group exactly as Q8_0 decodes the row (dequantize_row refuses a lone interleaved row).
-TEST(QuantBlocks, Q8R16InterleavesQ8_0Exactly) {
+// Q8_0R16 / Q4_0R16 hold Q8_0's / Q4_0's bytes reordered: the round trip is exact, row 21
+// (group 1, lane 5) has quant byte `qbyte` of block 2 where the layout says and its scale
+// after the group's quants, and dequantize_rows decodes any row range through its group exactly
+// as the base type decodes the row (dequantize_row refuses a lone interleaved row).
+void check_r16(DType t, int qbyte, uint32_t seed) {
+  const DType base = r16_base(t);
   const int64_t cols = 96, rows = 32, nb = cols / 32;
-  const size_t rb = row_bytes(DType::Q8_0, cols);
+  const int qb = t == DType::Q8_0R16 ? 32 : 16, bb = dtype_info(base).block_bytes;
+  const size_t rb = row_bytes(base, cols);
   std::vector<uint8_t> q(rows * rb), g(q.size()), back(q.size());
   for (int64_t r = 0; r < rows; ++r) {
-    const auto x = random_row(cols, static_cast<uint32_t>(100 + r));
-    ASSERT_TRUE(quantize_row(DType::Q8_0, x.data(), q.data() + r * rb, cols));
+    const auto x = random_row(cols, seed + static_cast<uint32_t>(r));
+    ASSERT_TRUE(quantize_row(base, x.data(), q.data() + r * rb, cols));
   }
   for (int64_t gi = 0; gi < rows / 16; ++gi) {
-    interleave_r16(DType::Q8_0R16, q.data() + gi * 16 * rb, cols, g.data() + gi * 16 * rb);
-    deinterleave_r16(DType::Q8_0R16, g.data() + gi * 16 * rb, cols, back.data() + gi * 16 * rb);
+    interleave_r16(t, q.data() + gi * 16 * rb, cols, g.data() + gi * 16 * rb);
+    deinterleave_r16(t, g.data() + gi * 16 * rb, cols, back.data() + gi * 16 * rb);
   }
   EXPECT_EQ(0, std::memcmp(q.data(), back.data(), q.size()));
-  // Row 21 = group 1, lane 5; block 2, quant 13 (k = 3, i = 1); its scale.
   const uint8_t* grp = g.data() + 16 * rb;
-  EXPECT_EQ(grp[512 * 2 + 64 * 3 + 4 * 5 + 1], q[21 * rb + 2 * 34 + 2 + 13]);
-  EXPECT_EQ(0, std::memcmp(grp + 512 * nb + 32 * 2 + 2 * 5, q.data() + 21 * rb + 2 * 34, 2));
+  EXPECT_EQ(grp[16 * qb * 2 + 64 * (qbyte / 4) + 4 * 5 + qbyte % 4], q[21 * rb + 2 * bb + 2 + qbyte]);
+  EXPECT_EQ(0, std::memcmp(grp + 16 * qb * nb + 32 * 2 + 2 * 5, q.data() + 21 * rb + 2 * bb, 2));
   std::vector<float> a(static_cast<size_t>(11 * cols)), b(a.size());
-  dequantize_rows(DType::Q8_0, q.data(), cols, 13, 11, a.data());
-  dequantize_rows(DType::Q8_0R16, g.data(), cols, 13, 11, b.data());
+  dequantize_rows(base, q.data(), cols, 13, 11, a.data());
+  dequantize_rows(t, g.data(), cols, 13, 11, b.data());
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
   std::vector<float> one(cols);
-  EXPECT_THROW(dequantize_row(DType::Q8_0R16, g.data(), one.data(), cols), std::invalid_argument);
+  EXPECT_THROW(dequantize_row(t, g.data(), one.data(), cols), std::invalid_argument);
 }
 
-TEST(QuantBlocks, Q4R16InterleavesQ4_0Exactly) {
-  const int64_t cols = 96, rows = 32, nb = cols / 32;
-  const size_t rb = row_bytes(DType::Q4_0, cols);
-  std::vector<uint8_t> q(rows * rb), g(q.size()), back(q.size());
-  for (int64_t r = 0; r < rows; ++r) {
-    const auto x = random_row(cols, static_cast<uint32_t>(300 + r));
-    ASSERT_TRUE(quantize_row(DType::Q4_0, x.data(), q.data() + r * rb, cols));
-  }
-  for (int64_t gi = 0; gi < rows / 16; ++gi) {
-    interleave_r16(DType::Q4_0R16, q.data() + gi * 16 * rb, cols, g.data() + gi * 16 * rb);
-    deinterleave_r16(DType::Q4_0R16, g.data() + gi * 16 * rb, cols, back.data() + gi * 16 * rb);
-  }
-  EXPECT_EQ(0, std::memcmp(q.data(), back.data(), q.size()));
-  // Row 21 = group 1, lane 5; block 2, quant byte 9 (m = 2, i = 1); its scale.
-  const uint8_t* grp = g.data() + 16 * rb;
-  EXPECT_EQ(grp[256 * 2 + 64 * 2 + 4 * 5 + 1], q[21 * rb + 2 * 18 + 2 + 9]);
-  EXPECT_EQ(0, std::memcmp(grp + 256 * nb + 32 * 2 + 2 * 5, q.data() + 21 * rb + 2 * 18, 2));
-  std::vector<float> a(static_cast<size_t>(7 * cols)), b(a.size());
-  dequantize_rows(DType::Q4_0, q.data(), cols, 20, 7, a.data());
-  dequantize_rows(DType::Q4_0R16, g.data(), cols, 20, 7, b.data());
-  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+TEST(QuantBlocks, R16LayoutsInterleaveExactly) {
+  check_r16(DType::Q8_0R16, 13, 100);
+  check_r16(DType::Q4_0R16, 9, 300);
 }
 
 }  // namespace

@@ -299,38 +299,34 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
 }
 
 namespace {
-// Quant bytes and scale offset of one base-type block: Q8_0 {d, qs[32]}, Q4_0 {d, qs[16]}.
-int r16_quant_bytes(DType t) { return t == DType::Q4_0R16 ? 16 : 32; }
-}  // namespace
-
-void interleave_r16(DType t, const uint8_t* rows16, int64_t cols, uint8_t* group) {
+// Moves one 16-row group between its rows (base-type blocks {f16 d, quants}) and its
+// interleaved form, in the direction `to_group`. Q8_0 blocks have 32 quant bytes, Q4_0 16.
+void r16_move(DType t, uint8_t* group, uint8_t* rows16, int64_t cols, bool to_group) {
   const DType base = r16_base(t);
   const int64_t nb = cols / QK;
-  const int qb = r16_quant_bytes(t), bb = dtype_info(base).block_bytes;
+  const int qb = t == DType::Q4_0R16 ? 16 : 32, bb = dtype_info(base).block_bytes;
   const size_t rb = row_bytes(base, cols);
-  for (int l = 0; l < 16; ++l) {
-    const uint8_t* row = rows16 + l * rb;
-    for (int64_t b = 0; b < nb; ++b) {
-      uint8_t* q = group + 16 * qb * b + 4 * l;
-      for (int k = 0; k < qb / 4; ++k) std::memcpy(q + 64 * k, row + b * bb + 2 + 4 * k, 4);
-      std::memcpy(group + 16 * qb * nb + 32 * b + 2 * l, row + b * bb, 2);
-    }
-  }
-}
-
-void deinterleave_r16(DType t, const uint8_t* group, int64_t cols, uint8_t* rows16) {
-  const DType base = r16_base(t);
-  const int64_t nb = cols / QK;
-  const int qb = r16_quant_bytes(t), bb = dtype_info(base).block_bytes;
-  const size_t rb = row_bytes(base, cols);
+  auto move = [to_group](uint8_t* g, uint8_t* r, size_t n) {
+    if (to_group) std::memcpy(g, r, n);
+    else std::memcpy(r, g, n);
+  };
   for (int l = 0; l < 16; ++l) {
     uint8_t* row = rows16 + l * rb;
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* q = group + 16 * qb * b + 4 * l;
-      for (int k = 0; k < qb / 4; ++k) std::memcpy(row + b * bb + 2 + 4 * k, q + 64 * k, 4);
-      std::memcpy(row + b * bb, group + 16 * qb * nb + 32 * b + 2 * l, 2);
+      uint8_t* q = group + 16 * qb * b + 4 * l;
+      for (int k = 0; k < qb / 4; ++k) move(q + 64 * k, row + b * bb + 2 + 4 * k, 4);
+      move(group + 16 * qb * nb + 32 * b + 2 * l, row + b * bb, 2);
     }
   }
+}
+}  // namespace
+
+void interleave_r16(DType t, const uint8_t* rows16, int64_t cols, uint8_t* group) {
+  r16_move(t, group, const_cast<uint8_t*>(rows16), cols, true);  // rows16 is only read
+}
+
+void deinterleave_r16(DType t, const uint8_t* group, int64_t cols, uint8_t* rows16) {
+  r16_move(t, const_cast<uint8_t*>(group), rows16, cols, false);  // group is only read
 }
 
 void dequantize_rows(DType t, const uint8_t* data, int64_t cols, int64_t r0, int64_t n, float* dst) {
