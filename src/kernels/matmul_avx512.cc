@@ -1,7 +1,8 @@
 // AVX-512 (F/BW/VL/DQ) matmul kernels; quantized types additionally need AVX512-VNNI and fall
 // back to the AVX2 kernels without it.
 //
-// Legacy 32-blocks: Q8_0 with 16 rows in lanes (Q8T); 4/5-bit types two blocks per zmm
+// Legacy 32-blocks: Q8_0 with 16 rows in lanes (Q8T; the interleaved Q8_0R16 / Q4_0R16 cache
+// layouts feed the same tiles without transposing); 4/5-bit types two blocks per zmm
 // (Nibble); integer block sums exact. k-quants: unsigned weights x signed Q8_K activations with vpmaddubsw, sub-block scales
 // applied with vpdpwssd. bf16: widened exactly to f32 (shift / mask), then FMA.
 #include <immintrin.h>
