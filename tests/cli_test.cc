@@ -144,6 +144,17 @@ TEST(Cli, BenchJsonSchemaAndErrors) {
   EXPECT_NE(r.err.find("--repeat must be in [1, 100], not 0"), std::string::npos) << r.err;
 }
 
+// A q8_0 GGUF interleaved at load (the default) scores exactly as with --no-interleave.
+TEST(Cli, NoInterleaveGivesTheSameQ8Scores) {
+  const std::string g = test::data_path("tiny-mixtral/gguf/tiny-mixtral-q8_0.gguf");
+  const auto a = run_cli("score --model " + g + " --tokens 1,415,2936,9060,285 --top 3");
+  const auto b = run_cli("score --model " + g + " --tokens 1,415,2936,9060,285 --top 3 --no-interleave");
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_NE(a.out.find("\"positions\""), std::string::npos);
+}
+
 TEST(Cli, ScoreTextAddsBosAndTokensValidate) {
   auto r = run_cli("score --model " + kHf + " --text 'Mistral.ai is a company that' --top 3");
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "formats/model_loader.h"
@@ -173,6 +174,42 @@ TEST(Model, GgufQuantizedStayWithinLlamaCppBounds) {
   const ReferenceAgreement qk = agreement_with_reference(*load_gguf_model("q4_k_m", pool), pool);
   EXPECT_GE(qk.top1(), 0.828 - 0.012);
   EXPECT_LE(qk.mean_abs_dlogprob, 0.300 + 0.04);
+}
+
+// Row-major Q8_0 / Q4_0 GGUF matrices are interleaved when the model is bound (LoadOptions::
+// interleave): the q8_0 file then gives exactly the logits of its row-major kernels, the q4_0
+// file logits within float rounding of them (exact block sums instead of the Q4_0 kernels'
+// partial sums; its accuracy bounds are the test above).
+TEST(Model, GgufMatricesAreInterleavedWhenBound) {
+  ThreadPool pool(2);
+  for (const std::string q : {"q8_0", "q4_0"}) {
+    auto lm = std::make_shared<LoadedModel>(load_model(test::data_path("tiny-mixtral/gguf/tiny-mixtral-" + q + ".gguf")));
+    LoadOptions plain;
+    plain.interleave = false;
+    auto a = make_model(lm, {}, pool), b = make_model(lm, plain, pool);
+    const DType base = q == "q8_0" ? DType::Q8_0 : DType::Q4_0;
+    EXPECT_EQ(b->weights.layers[0].experts[3].w1.dtype, base) << q;
+    EXPECT_EQ(a->weights.layers[0].experts[3].w1.dtype, r16_of(base)) << q;
+    EXPECT_EQ(a->weights.tok_embeddings.dtype, b->weights.tok_embeddings.dtype) << q;  // rows are looked up
+    EXPECT_GT(a->weights.owned_bytes, 0u);
+    EXPECT_EQ(b->weights.owned_bytes, 0u);
+    const std::vector<int> toks = {1, 415, 2936, 9060, 285, 1142, 28705, 13, 4, 99};
+    KvCache ka(a->config.n_layers, a->config.n_kv_heads * a->config.head_dim, 64, DType::F32);
+    KvCache kb(b->config.n_layers, b->config.n_kv_heads * b->config.head_dim, 64, DType::F32);
+    const auto la = forward(*a, ka, {{0, toks, true, true}}, pool);
+    const auto lb = forward(*b, kb, {{0, toks, true, true}}, pool);
+    ASSERT_EQ(la.size(), lb.size());
+    if (base == DType::Q8_0) {
+      EXPECT_EQ(0, std::memcmp(la.data(), lb.data(), la.size() * sizeof(float))) << q;
+    } else {
+      double worst = 0, mag = 0;
+      for (size_t i = 0; i < la.size(); ++i) {
+        worst = std::max(worst, std::fabs(static_cast<double>(la[i]) - lb[i]));
+        mag = std::max(mag, std::fabs(static_cast<double>(lb[i])));
+      }
+      EXPECT_LT(worst, 1e-3 * mag) << q;
+    }
+  }
 }
 
 }  // namespace

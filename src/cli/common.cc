@@ -31,6 +31,9 @@ void add_engine_options(CLI::App* app, EngineOptions& o, const std::string& defa
   app->add_option("--threads,-t", o.threads, "worker threads (default: all cores)");
   app->add_option("--kv-dtype", o.kv_dtype, "KV cache storage: f32, f16 or bf16")
       ->default_str(default_kv);
+  app->add_flag("--no-interleave", o.no_interleave,
+                "run row-major Q8_0/Q4_0 matrices (a GGUF) as mapped instead of interleaving them "
+                "at load (faster start, slower kernels; a q8/q4 cache is interleaved already)");
 }
 
 DType parse_kv_dtype(const std::string& s) {
@@ -50,7 +53,8 @@ Engine open_engine(const EngineOptions& o) {
   e.kv_dtype = parse_kv_dtype(o.kv_dtype);
   // Under mpirun, ranks sharing a host share its cores.
   e.pool = std::make_unique<ThreadPool>(o.threads > 0 ? o.threads : w.mpi ? ep::default_threads() : 0);
-  const LoadOptions lo{w.rank, w.size};
+  LoadOptions lo{w.rank, w.size};
+  lo.interleave = !o.no_interleave;
   const std::string path = w.mpi ? ep::model_path_for_rank(o.model, w.rank) : o.model;
   auto load = [&] {
     e.loaded = std::make_shared<LoadedModel>(load_model(path, lo));

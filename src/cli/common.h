@@ -19,6 +19,7 @@ struct EngineOptions {
   std::string model;
   int threads = 0;             // 0: all cores
   std::string kv_dtype = "f16";
+  bool no_interleave = false;  // keep row-major Q8_0 / Q4_0 matrices as they are mapped
 };
 
 void add_engine_options(CLI::App* app, EngineOptions& o, const std::string& default_kv = "f16");

@@ -26,6 +26,7 @@ int follower(CLI::App& app, std::vector<mx::cli::Command>& cmds, int argc, char*
           fo.has_model = true;
           fo.model = o->model;
           fo.threads = o->threads;
+          fo.interleave = !o->no_interleave;
         }
   } catch (const CLI::ParseError&) {
     // Rank 0 parses the same line and reports it; this rank just waits for the exit.

@@ -15,6 +15,9 @@ namespace mx {
 struct LoadOptions {
   int rank = 0;
   int n_ranks = 1;
+  // Row-major Q8_0 / Q4_0 matrices (a GGUF, or a cache from before the r16 layouts) are
+  // interleaved into memory of their own when the model is bound, as repack stores them.
+  bool interleave = true;
   bool owns_expert(int e, int n_experts) const {
     const int per = n_experts / n_ranks;
     return e >= rank * per && e < (rank + 1) * per;

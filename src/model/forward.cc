@@ -18,7 +18,7 @@ std::unique_ptr<Model> make_model(std::shared_ptr<LoadedModel> loaded, const Loa
                                   ThreadPool& pool) {
   auto m = std::make_unique<Model>();
   m->config = loaded->config;
-  m->weights = bind_weights(*loaded, opts);
+  m->weights = bind_weights(*loaded, opts, &pool);
   m->source = std::move(loaded);
   Model* raw = m.get();
   m->experts = [raw, &pool](int layer, const float* x, int dim, const MoeRouting& r, float* y) {

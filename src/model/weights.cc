@@ -1,8 +1,61 @@
 #include "model/weights.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+
 #include "kernels/quant_blocks.h"
+#include "kernels/thread_pool.h"
 
 namespace mx {
+
+namespace {
+
+// Drops the mapped pages of a tensor that now lives in its interleaved copy (whole pages inside
+// one of the store's files; neighbours fault back in from the file if read again).
+void release_pages(const LoadedModel& m, const Tensor& t) {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto b = reinterpret_cast<uintptr_t>(t.data), e = b + t.nbytes();
+  for (const auto& f : m.store.files) {
+    const auto fb = reinterpret_cast<uintptr_t>(f->data()), fe = fb + f->size();
+    if (b < fb || e > fe) continue;
+    const uintptr_t s = (b + page - 1) / page * page, end = e / page * page;
+    if (end > s) ::madvise(reinterpret_cast<void*>(s), end - s, MADV_DONTNEED);
+    return;
+  }
+}
+
+MatView bind_matrix(const LoadedModel& m, const Tensor& t, const LoadOptions& opts, ThreadPool* pool,
+                    ModelWeights& w) {
+  MatView v = mat_view(t);
+  const DType r16 = r16_of(t.dtype);
+  if (!opts.interleave || r16 == t.dtype || t.shape.size() != 2 || v.rows % 16 != 0 ||
+      v.cols % 32 != 0 || v.rows == 0)
+    return v;
+  const size_t bytes = t.nbytes(), group = 16 * v.stride;
+  // Mapped directly and asked for huge pages: faulting in gigabytes 4 KiB at a time took more
+  // time than the copy itself.
+  const size_t len = (bytes + (size_t{2} << 20) - 1) / (size_t{2} << 20) * (size_t{2} << 20);
+  void* mem = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return v;  // no memory for a copy: the row-major kernels still work
+  ::madvise(mem, len, MADV_HUGEPAGE);
+  std::shared_ptr<uint8_t> buf(static_cast<uint8_t*>(mem), [len](uint8_t* p) { ::munmap(p, len); });
+  const int64_t ng = v.rows / 16;
+  auto convert = [&](int64_t g0, int64_t g1, int) {
+    for (int64_t g = g0; g < g1; ++g)
+      interleave_r16(r16, t.data + static_cast<size_t>(g) * group, v.cols, buf.get() + static_cast<size_t>(g) * group);
+  };
+  if (pool) pool->parallel_for(ng, convert, 4);
+  else convert(0, ng, 0);
+  release_pages(m, t);
+  v.dtype = r16;
+  v.data = buf.get();
+  w.owned.push_back(std::move(buf));
+  w.owned_bytes += bytes;
+  return v;
+}
+
+}  // namespace
 
 MatView mat_view(const Tensor& t) {
   MatView v;
@@ -20,23 +73,24 @@ std::vector<float> to_f32(const Tensor& t) {
   return out;
 }
 
-ModelWeights bind_weights(const LoadedModel& m, const LoadOptions& opts) {
+ModelWeights bind_weights(const LoadedModel& m, const LoadOptions& opts, ThreadPool* pool) {
   const ModelConfig& c = m.config;
   const TensorStore& s = m.store;
   ModelWeights w;
   w.tok_embeddings = mat_view(s.get("tok_embeddings"));
   w.norm = to_f32(s.get("norm"));
-  w.output = mat_view(s.get("output"));
+  auto mat = [&](const std::string& name) { return bind_matrix(m, s.get(name), opts, pool, w); };
+  w.output = mat("output");
   w.layers.resize(static_cast<size_t>(c.n_layers));
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string L = "layers." + std::to_string(l) + ".";
     LayerWeights& lw = w.layers[static_cast<size_t>(l)];
     lw.attention_norm = to_f32(s.get(L + "attention_norm"));
     lw.ffn_norm = to_f32(s.get(L + "ffn_norm"));
-    lw.wq = mat_view(s.get(L + "attention.wq"));
-    lw.wk = mat_view(s.get(L + "attention.wk"));
-    lw.wv = mat_view(s.get(L + "attention.wv"));
-    lw.wo = mat_view(s.get(L + "attention.wo"));
+    lw.wq = mat(L + "attention.wq");
+    lw.wk = mat(L + "attention.wk");
+    lw.wv = mat(L + "attention.wv");
+    lw.wo = mat(L + "attention.wo");
     lw.gate = mat_view(s.get(L + "gate"));
     lw.experts.resize(static_cast<size_t>(c.n_experts));
     for (int e = 0; e < c.n_experts; ++e) {
@@ -44,9 +98,9 @@ ModelWeights bind_weights(const LoadedModel& m, const LoadOptions& opts) {
       const std::string E = L + "experts." + std::to_string(e) + ".";
       ExpertWeights& ew = lw.experts[static_cast<size_t>(e)];
       ew.present = true;
-      ew.w1 = mat_view(s.get(E + "w1"));
-      ew.w3 = mat_view(s.get(E + "w3"));
-      ew.w2 = mat_view(s.get(E + "w2"));
+      ew.w1 = mat(E + "w1");
+      ew.w3 = mat(E + "w3");
+      ew.w2 = mat(E + "w2");
     }
   }
   return w;

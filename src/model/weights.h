@@ -1,12 +1,15 @@
 // The model's weights bound to the kernels' view type, per layer and per expert.
 // Small vectors (norm weights) are converted to f32 once; matrices stay where they were mapped.
 #pragma once
+#include <memory>
 #include <vector>
 
 #include "formats/loaded_model.h"
 #include "kernels/mat_view.h"
 
 namespace mx {
+
+class ThreadPool;
 
 struct ExpertWeights {
   bool present = false;  // false for experts owned by another rank
@@ -27,10 +30,16 @@ struct ModelWeights {
   std::vector<float> norm;  // [dim]
   MatView output;           // [vocab, dim]
   std::vector<LayerWeights> layers;
+  std::vector<std::shared_ptr<uint8_t>> owned;  // matrices interleaved at bind time
+  size_t owned_bytes = 0;
 };
 
 MatView mat_view(const Tensor& t);
 std::vector<float> to_f32(const Tensor& t);
-ModelWeights bind_weights(const LoadedModel& m, const LoadOptions& opts);
+// With opts.interleave, row-major Q8_0 / Q4_0 matrices (2-D, whole 16-row groups, not the
+// embedding table) are converted to Q8_0R16 / Q4_0R16 copies (the same bytes reordered; split
+// over `pool` when given), and their mapped source pages are dropped, so resident memory stays
+// one copy of the weights. Only experts this rank owns are touched.
+ModelWeights bind_weights(const LoadedModel& m, const LoadOptions& opts, ThreadPool* pool = nullptr);
 
 }  // namespace mx

@@ -381,7 +381,8 @@ struct Follower {
       set_simd_path(root_path);
       if (!pool) pool = std::make_unique<ThreadPool>(opt.threads > 0 ? opt.threads : default_threads());
       const std::string path = model_path_for_rank(opt.model, r.world.rank);
-      const LoadOptions lo{r.world.rank, r.world.size};
+      LoadOptions lo{r.world.rank, r.world.size};
+      lo.interleave = opt.interleave;
       loaded = std::make_shared<LoadedModel>(load_model(path, lo));
       model = make_model(loaded, lo, *pool);
       model->skip_logits = true;

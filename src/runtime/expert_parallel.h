@@ -66,6 +66,7 @@ struct FollowerOptions {
   bool has_model = false;  // the command line's subcommand takes --model
   std::string model;       // as given on this rank's command line
   int threads = 0;         // 0: default_threads()
+  bool interleave = true;  // LoadOptions::interleave, as rank 0's command line says
 };
 // Serves rank 0's requests (open, steps, stats) until it says exit; finalizes MPI and returns
 // the exit code rank 0 sent. Fatal local errors (cannot run a step, out of memory) abort the job.
