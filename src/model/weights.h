@@ -1,5 +1,6 @@
 // The model's weights bound to the kernels' view type, per layer and per expert.
-// Small vectors (norm weights) are converted to f32 once; matrices stay where they were mapped.
+// Small vectors (norm weights) are converted to f32 once; matrices stay where they were mapped,
+// except row-major Q8_0 / Q4_0 ones, which are interleaved into a copy (bind_weights).
 #pragma once
 #include <memory>
 #include <vector>
