@@ -1,7 +1,6 @@
 #include "formats/repack.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -44,14 +43,6 @@ bool keeps_8bit_under_q4(const std::string& name) {
   return name == "output" || ends_with(name, ".attention.wk") || ends_with(name, ".attention.wv");
 }
 
-// Q8_0 / Q4_0 tensors are stored as Q8_0R16 / Q4_0R16 (the same bytes, 16 rows interleaved:
-// dtype.h) when they are 2-D with whole 16-row groups, except the embedding table, whose single
-// rows are looked up.
-DType storage_dtype(DType d, const std::string& name, const Tensor& t) {
-  if (name == "tok_embeddings" || t.shape.size() != 2 || t.rows() % 16 != 0) return d;
-  return r16_of(d);
-}
-
 // The dtype a tensor is stored in; appends to `notes` when it cannot take the requested one.
 DType target_dtype(const std::string& mode, const std::string& name, const Tensor& t,
                    std::vector<std::string>& notes) {
@@ -69,8 +60,8 @@ DType target_dtype(const std::string& mode, const std::string& name, const Tenso
   // Under q4 the LM head and the K/V projections stay 8-bit, as llama-quantize does for
   // 8-expert models: together 0.9% of Mixtral's parameters, they move the logits most
   // (mean |d log p| on the fixtures: 0.70 all-q4, 0.58 with these in q8_0; docs/accuracy.md).
-  if (mode == "q4" && keeps_8bit_under_q4(name)) return storage_dtype(DType::Q8_0, name, t);
-  return storage_dtype(mode == "q8" ? DType::Q8_0 : DType::Q4_0, name, t);
+  if (mode == "q4" && keeps_8bit_under_q4(name)) return r16_storage(DType::Q8_0, name, t.shape);
+  return r16_storage(mode == "q8" ? DType::Q8_0 : DType::Q4_0, name, t.shape);
 }
 
 // Writes one tensor at the next 64-byte boundary of `w`, converting 16 rows at a time when the
@@ -118,22 +109,6 @@ void write_tensor(FileWriter& w, const Tensor& t, DType out, ThreadPool& pool,
     if (unsupported)
       fail(t.name + ": cannot encode " + std::string(dtype_info(out).name) + " tensors");
     w.write(outbuf.data(), static_cast<size_t>(n) * out_row);
-  }
-}
-
-// Drops the source pages of a tensor already written from this process's mapping, so that
-// resident memory stays small on a 90 GB source (the page cache may still keep them). Only
-// ranges inside the store's mmapped files: owned buffers may back tensors not yet written.
-void release_source(const LoadedModel& m, const Tensor& t) {
-  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto b = reinterpret_cast<uintptr_t>(t.data), e = b + t.nbytes();
-  for (const auto& f : m.store.files) {
-    const auto fb = reinterpret_cast<uintptr_t>(f->data()), fe = fb + f->size();
-    if (b < fb || e > fe) continue;
-    // Whole pages only (the mapping starts page-aligned); neighbours simply fault back in.
-    const uintptr_t s = b / page * page, end = std::min(fe, (e + page - 1) / page * page);
-    if (end > s) ::madvise(reinterpret_cast<void*>(s), end - s, MADV_DONTNEED);
-    return;
   }
 }
 
@@ -196,8 +171,7 @@ std::string stale_reason(const fs::path& out, const RepackOptions& o,
   if (mf.source_files != stamps) return "the source changed (or is another checkpoint)";
   if (o.dtype == "q8" || o.dtype == "q4")
     for (const auto& t : mf.tensors)
-      if ((t.dtype == DType::Q8_0 || t.dtype == DType::Q4_0) && t.name != "tok_embeddings" &&
-          t.shape.size() == 2 && t.shape[0] % 16 == 0)
+      if (r16_storage(t.dtype, t.name, t.shape) != t.dtype)
         return "it holds plain " + std::string(dtype_info(t.dtype).name) + " matrices (" + t.name +
                "), from before the interleaved (r16) layouts";
   for (const auto& f : mf.files) {
@@ -340,7 +314,7 @@ RepackResult repack(const RepackOptions& o) {
         e.nbytes = static_cast<uint64_t>(t.rows()) * row_bytes(out_t, t.cols());
         e.expert = expert;
         write_tensor(w, t, out_t, pool, scratch, outbuf);
-        release_source(m, t);
+        m.store.release_pages(t);  // a 90 GB source must not stay resident
         done += e.nbytes;
         mf.tensors.push_back(std::move(e));
         if (o.progress) o.progress(done, total);

@@ -1,5 +1,9 @@
 #include "formats/tensor_store.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <sstream>
 
 #include "formats/error.h"
@@ -18,6 +22,19 @@ const Tensor& TensorStore::get(const std::string& name) const {
   auto it = tensors.find(name);
   if (it == tensors.end()) fail(source + ": missing tensor " + name);
   return it->second;
+}
+
+void TensorStore::release_pages(const Tensor& t) const {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto b = reinterpret_cast<uintptr_t>(t.data), e = b + t.nbytes();
+  for (const auto& f : files) {
+    const auto fb = reinterpret_cast<uintptr_t>(f->data()), fe = fb + f->size();
+    if (b < fb || e > fe) continue;
+    // The mapping starts page-aligned; file-backed clean pages are safe to drop.
+    const uintptr_t s = b / page * page, end = std::min(fe, (e + page - 1) / page * page);
+    if (end > s) ::madvise(reinterpret_cast<void*>(s), end - s, MADV_DONTNEED);
+    return;
+  }
 }
 
 uint8_t* TensorStore::alloc(size_t n) {

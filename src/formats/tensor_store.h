@@ -29,6 +29,10 @@ struct TensorStore {
   const Tensor& get(const std::string& name) const;
   // Allocates an owned, 64-byte aligned buffer of n bytes that lives as long as the store.
   uint8_t* alloc(size_t n);
+  // Drops this process's resident pages of a tensor that lives in one of `files` (whole pages;
+  // neighbours and the tensor itself fault back in from the file if read again). Tensors in
+  // owned buffers are left alone. Keeps RSS small once a tensor has been copied elsewhere.
+  void release_pages(const Tensor& t) const;
   std::string source;  // path shown in error messages
 };
 

@@ -1,7 +1,6 @@
 #include "model/weights.h"
 
 #include <sys/mman.h>
-#include <unistd.h>
 
 
 #include "kernels/quant_blocks.h"
@@ -11,27 +10,12 @@ namespace mx {
 
 namespace {
 
-// Drops the mapped pages of a tensor that now lives in its interleaved copy (whole pages inside
-// one of the store's files; neighbours fault back in from the file if read again).
-void release_pages(const LoadedModel& m, const Tensor& t) {
-  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto b = reinterpret_cast<uintptr_t>(t.data), e = b + t.nbytes();
-  for (const auto& f : m.store.files) {
-    const auto fb = reinterpret_cast<uintptr_t>(f->data()), fe = fb + f->size();
-    if (b < fb || e > fe) continue;
-    const uintptr_t s = (b + page - 1) / page * page, end = e / page * page;
-    if (end > s) ::madvise(reinterpret_cast<void*>(s), end - s, MADV_DONTNEED);
-    return;
-  }
-}
-
-MatView bind_matrix(const LoadedModel& m, const Tensor& t, const LoadOptions& opts, ThreadPool* pool,
-                    ModelWeights& w) {
+MatView bind_matrix(const LoadedModel& m, const std::string& name, const LoadOptions& opts,
+                    ThreadPool* pool, ModelWeights& w) {
+  const Tensor& t = m.store.get(name);
   MatView v = mat_view(t);
-  const DType r16 = r16_of(t.dtype);
-  if (!opts.interleave || r16 == t.dtype || t.shape.size() != 2 || v.rows % 16 != 0 ||
-      v.cols % 32 != 0 || v.rows == 0)
-    return v;
+  const DType r16 = r16_storage(t.dtype, name, t.shape);  // repack's rule
+  if (!opts.interleave || r16 == t.dtype) return v;
   const size_t bytes = t.nbytes(), group = 16 * v.stride;
   // Mapped directly and asked for huge pages: faulting in gigabytes 4 KiB at a time took more
   // time than the copy itself.
@@ -47,7 +31,7 @@ MatView bind_matrix(const LoadedModel& m, const Tensor& t, const LoadOptions& op
   };
   if (pool) pool->parallel_for(ng, convert, 4);
   else convert(0, ng, 0);
-  release_pages(m, t);
+  m.store.release_pages(t);
   v.dtype = r16;
   v.data = buf.get();
   w.owned.push_back(std::move(buf));
@@ -79,7 +63,7 @@ ModelWeights bind_weights(const LoadedModel& m, const LoadOptions& opts, ThreadP
   ModelWeights w;
   w.tok_embeddings = mat_view(s.get("tok_embeddings"));
   w.norm = to_f32(s.get("norm"));
-  auto mat = [&](const std::string& name) { return bind_matrix(m, s.get(name), opts, pool, w); };
+  auto mat = [&](const std::string& name) { return bind_matrix(m, name, opts, pool, w); };
   w.output = mat("output");
   w.layers.resize(static_cast<size_t>(c.n_layers));
   for (int l = 0; l < c.n_layers; ++l) {
