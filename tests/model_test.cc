@@ -191,8 +191,8 @@ TEST(Model, GgufMatricesAreInterleavedWhenBound) {
     EXPECT_EQ(b->weights.layers[0].experts[3].w1.dtype, base) << q;
     EXPECT_EQ(a->weights.layers[0].experts[3].w1.dtype, r16_of(base)) << q;
     EXPECT_EQ(a->weights.tok_embeddings.dtype, b->weights.tok_embeddings.dtype) << q;  // rows are looked up
-    EXPECT_GT(a->weights.owned_bytes, 0u);
-    EXPECT_EQ(b->weights.owned_bytes, 0u);
+    EXPECT_FALSE(a->weights.owned.empty());
+    EXPECT_TRUE(b->weights.owned.empty());
     const std::vector<int> toks = {1, 415, 2936, 9060, 285, 1142, 28705, 13, 4, 99};
     KvCache ka(a->config.n_layers, a->config.n_kv_heads * a->config.head_dim, 64, DType::F32);
     KvCache kb(b->config.n_layers, b->config.n_kv_heads * b->config.head_dim, 64, DType::F32);

@@ -177,7 +177,8 @@ struct Legacy {
 // order, so results equal Q8_0's bit for bit. Half-groups of 8 rows, one token at a time;
 // the second half and later tokens re-read the group from L1/L2.
 struct Q8R16 {
-  static void half(const uint8_t* grp, int64_t nb, int h, const int8_t* xq, const float* xd, float* y) {
+  static void half(const uint8_t* grp, int64_t nb, int h, const int8_t* xq, const float* xd,
+                   const int32_t*, float* y) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[8];
     MX_UNROLL for (int k = 0; k < 8; ++k) acc[k] = _mm256_setzero_ps();
@@ -198,14 +199,6 @@ struct Q8R16 {
     _mm256_storeu_ps(y, _mm256_add_ps(e, o));
   }
 
-  // r0 and r1 are multiples of 16.
-  static void rows(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y, int64_t ldy) {
-    const int64_t nb = w.cols / 32;
-    for (int64_t r = r0; r < r1; r += 16)
-      for (int h = 0; h < 2; ++h)
-        for (int64_t t = 0; t < p.n_tokens; ++t)
-          half(w.row(r), nb, h, p.q + t * p.q_stride, p.d + t * p.d_stride, y + t * ldy + r + 8 * h);
-  }
 };
 
 // Q4_0R16 read in place, 8 rows in lanes: exact integer block sums (nibbles 0..15 times the
@@ -234,16 +227,18 @@ struct Q4R16 {
     _mm256_storeu_ps(y, f);
   }
 
-  // r0 and r1 are multiples of 16.
-  static void rows(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y, int64_t ldy) {
-    const int64_t nb = w.cols / 32;
-    for (int64_t r = r0; r < r1; r += 16)
-      for (int h = 0; h < 2; ++h)
-        for (int64_t t = 0; t < p.n_tokens; ++t)
-          half(w.row(r), nb, h, p.q + t * p.q_stride, p.d + t * p.d_stride, p.bias + t * p.d_stride,
-               y + t * ldy + r + 8 * h);
-  }
 };
+
+// Rows [r0, r1) (multiples of 16) of an interleaved matrix with kernel K (Q8R16 / Q4R16).
+template <class K>
+void rows_r16(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  const int64_t nb = w.cols / 32;
+  for (int64_t r = r0; r < r1; r += 16)
+    for (int h = 0; h < 2; ++h)
+      for (int64_t t = 0; t < p.n_tokens; ++t)
+        K::half(w.row(r), nb, h, p.q + t * p.q_stride, p.d + t * p.d_stride,
+                p.bias ? p.bias + t * p.d_stride : nullptr, y + t * ldy + r + 8 * h);
+}
 
 // ---------------------------------------------------------------- k-quants
 
@@ -452,8 +447,8 @@ void rows_avx2(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, floa
     case DType::F16: return drive<Plain<DType::F16>, 4, 3>(w, p, r0, r1, y, ldy);
     case DType::BF16: return drive<Plain<DType::BF16>, 4, 3>(w, p, r0, r1, y, ldy);
     case DType::Q8_0: return drive<Legacy<DType::Q8_0>, 2, 3>(w, p, r0, r1, y, ldy);
-    case DType::Q8_0R16: return Q8R16::rows(w, p, r0, r1, y, ldy);
-    case DType::Q4_0R16: return Q4R16::rows(w, p, r0, r1, y, ldy);
+    case DType::Q8_0R16: return rows_r16<Q8R16>(w, p, r0, r1, y, ldy);
+    case DType::Q4_0R16: return rows_r16<Q4R16>(w, p, r0, r1, y, ldy);
     case DType::Q4_0: return drive<Legacy<DType::Q4_0>, 2, 3>(w, p, r0, r1, y, ldy);
     case DType::Q4_1: return drive<Legacy<DType::Q4_1>, 2, 3>(w, p, r0, r1, y, ldy);
     case DType::Q5_0: return drive<Legacy<DType::Q5_0>, 2, 3>(w, p, r0, r1, y, ldy);

@@ -2,7 +2,6 @@
 
 #include <sys/mman.h>
 
-
 #include "kernels/quant_blocks.h"
 #include "kernels/thread_pool.h"
 
@@ -35,7 +34,6 @@ MatView bind_matrix(const LoadedModel& m, const std::string& name, const LoadOpt
   v.dtype = r16;
   v.data = buf.get();
   w.owned.push_back(std::move(buf));
-  w.owned_bytes += bytes;
   return v;
 }
 

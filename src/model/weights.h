@@ -32,7 +32,6 @@ struct ModelWeights {
   MatView output;           // [vocab, dim]
   std::vector<LayerWeights> layers;
   std::vector<std::shared_ptr<uint8_t>> owned;  // matrices interleaved at bind time
-  size_t owned_bytes = 0;
 };
 
 MatView mat_view(const Tensor& t);
