@@ -100,7 +100,7 @@ void write_tensor(FileWriter& w, const Tensor& t, DType out, ThreadPool& pool,
         } else {
           dequantize_rows(t.dtype, t.data, cols, r0 + c, m, tmp);
           for (int64_t i = 0; i < m; ++i)
-            if (!quantize_row(enc, tmp + i * cols, q + static_cast<size_t>(i) * row_bytes(enc, cols), cols))
+            if (!quantize_row(enc, tmp + i * cols, q + static_cast<size_t>(i) * enc_row, cols))
               unsupported = true;
         }
         if (to_r16) interleave_r16(out, rows16, cols, dst);
