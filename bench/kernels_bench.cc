@@ -66,6 +66,12 @@ const Weights& weights(DType t, int64_t rows, int64_t cols) {
     } else if (t == DType::F32) {
       const float f = 0.01f;
       for (int64_t i = 0; i < cols; ++i) std::memcpy(row + 4 * i, &f, 4);
+    } else if (is_r16_k(t)) {  // f16 d (and dmin) planes in each super-block chunk (dtype.h)
+      const size_t chunk = 16 * static_cast<size_t>(info.block_bytes);
+      const int off = t == DType::Q6_KR16 ? 3328 : 2048, n16 = t == DType::Q6_KR16 ? 16 : 32;
+      if (r % 16 == 0)
+        for (int64_t c = 0; c < cols / 256; ++c)
+          for (int k2 = 0; k2 < n16; ++k2) std::memcpy(row + c * chunk + off + 2 * k2, &h, 2);
     } else if (is_r16(t)) {  // scales after each 16-row group's quants (16 or 8 bytes a value)
       const int64_t qbytes = t == DType::Q8_0R16 ? cols * 16 : cols * 8;
       if (r % 16 == 0)
@@ -146,6 +152,9 @@ MX_SHAPES(DType::Q4_0R16, q4_0r16)
 MX_SHAPES(DType::BF16, bf16)
 MX_SHAPES(DType::Q4_K, q4_k)
 MX_SHAPES(DType::Q6_K, q6_k)
+MX_SHAPES(DType::Q4_KR16, q4_kr16)
+MX_SHAPES(DType::Q5_KR16, q5_kr16)
+MX_SHAPES(DType::Q6_KR16, q6_kr16)
 
 void BM_ceilings(benchmark::State& state) {
   double bw = 0, i8 = 0, bf = 0;

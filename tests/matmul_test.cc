@@ -431,6 +431,56 @@ TEST(Matmul, Q4R16MatchesQ4_0AndItsGemv) {
   token_counts_match_gemv(DType::Q4_0R16, 96, 352, 41, 42);  // 11 blocks, 3 pairs
 }
 
+// The interleaved k-quants have one kernel per path with the same exact integer sums and the
+// same float steps (matmul_kr16_*.cc, rows_kr16 in matmul_scalar.cc): AVX-512, AVX2 and scalar
+// agree bit for bit, on every token count (the AVX-512 token tiles and their ragged tails),
+// whole rows split over threads and matmul_multi. Against the row-major k-quant kernels (same
+// Q8_K activations, other float order) they stay within the SIMD tolerance.
+TEST(Matmul, KR16AllPathsBitIdenticalAndMatchBase) {
+  PathGuard guard;
+  std::mt19937 rng(51);
+  ThreadPool p1(1), p2(2);
+  for (DType t : {DType::Q4_KR16, DType::Q5_KR16, DType::Q6_KR16}) {
+    for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{16, 256}, {48, 512}, {64, 1280}, {32, 4096}}) {
+      const auto w = random_weights(r16_base(t), rows, cols, rng);
+      const auto wi = interleaved(t, w, rows, cols);
+      const MatView v = view(r16_base(t), w, rows, cols), vi = view(t, wi, rows, cols);
+      for (int64_t n : {1, 2, 4, 5, 7, 9, 17}) {
+        const auto x = random_acts(n, cols, rng);
+        const Ref ref = reference(v, x, n);
+        const auto scalar = run(SimdPath::Scalar, vi, x, n, p2);
+        for (size_t i = 0; i < scalar.size(); ++i)
+          ASSERT_NEAR(scalar[i], ref.y[i], 1.02 * ref.qerr[i] + 2e-6 * ref.mag[i] + 1e-30)
+              << dtype_info(t).name << " " << i;
+        for (SimdPath p : simd_paths()) {
+          const auto a = run(p, v, x, n, p2);
+          for (ThreadPool* pool : {&p1, &p2}) {
+            const auto b = run(p, vi, x, n, *pool);
+            ASSERT_EQ(0, std::memcmp(scalar.data(), b.data(), b.size() * sizeof(float)))
+                << simd_path_name(p) << " " << dtype_info(t).name << " rows " << rows << " cols "
+                << cols << " tokens " << n << " threads " << pool->size();
+          }
+          for (size_t i = 0; i < a.size(); ++i)
+            ASSERT_NEAR(scalar[i], a[i], 4e-6 * ref.mag[i] + 1e-30) << simd_path_name(p) << " " << i;
+        }
+      }
+      // matmul_multi over two interleaved matrices (w1/w3 style) equals separate calls.
+      const auto x = random_acts(6, cols, rng);
+      std::vector<float> y0(6 * rows), y1(6 * rows);
+      float* ys[2] = {y0.data(), y1.data()};
+      const MatView two[2] = {vi, vi};
+      for (SimdPath p : simd_paths()) {
+        set_simd_path(p);
+        matmul_multi(two, ys, 2, x.data(), 6, p2);
+        const auto a = run(p, vi, x, 6, p1);
+        ASSERT_EQ(0, std::memcmp(a.data(), y0.data(), a.size() * sizeof(float)));
+        ASSERT_EQ(0, std::memcmp(a.data(), y1.data(), a.size() * sizeof(float)));
+      }
+    }
+    token_counts_match_gemv(t, 48, 768, 13, 52);
+  }
+}
+
 TEST(Matmul, Q8R16RejectsPartialGroups) {
   std::vector<uint8_t> w(row_bytes(DType::Q8_0, 64) * 24);
   const MatView v = view(DType::Q8_0R16, w, 24, 64);

@@ -363,5 +363,58 @@ TEST(QuantBlocks, R16LayoutsInterleaveExactly) {
   check_r16(DType::Q4_0R16, 9, 300);
 }
 
+// The k-quant r16 layouts (dtype.h) hold the base rows' bytes reordered: random blocks (every
+// bit pattern is valid) survive the round trip exactly, dequantize_rows through the groups
+// equals the base type's, and for row 21 (group 1, lane 5) of super-block 1 the bytes sit where
+// dtype.h says.
+void check_r16k(DType t, uint32_t seed) {
+  const DType base = r16_base(t);
+  const int64_t cols = 512, rows = 32;
+  const size_t rb = row_bytes(base, cols), bb = dtype_info(base).block_bytes;
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> q(rows * rb), g(q.size()), back(q.size());
+  for (auto& b : q) b = static_cast<uint8_t>(rng());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < cols / 256; ++b) {  // finite f16 scales
+      uint8_t* blk = q.data() + r * rb + b * bb;
+      for (int off : base == DType::Q6_K ? std::vector<int>{208} : std::vector<int>{0, 2}) {
+        const uint16_t h = f32_to_f16(0.01f + 0.001f * static_cast<float>(rng() % 100));
+        std::memcpy(blk + off, &h, 2);
+      }
+    }
+  for (int64_t gi = 0; gi < rows / 16; ++gi) {
+    interleave_r16(t, q.data() + gi * 16 * rb, cols, g.data() + gi * 16 * rb);
+    deinterleave_r16(t, g.data() + gi * 16 * rb, cols, back.data() + gi * 16 * rb);
+  }
+  EXPECT_EQ(0, std::memcmp(q.data(), back.data(), q.size()));
+  const uint8_t* row = q.data() + 21 * rb + bb;      // row 21, super-block 1
+  const uint8_t* ch = g.data() + 16 * rb + 16 * bb;  // group 1, chunk 1
+  if (base == DType::Q6_K) {
+    EXPECT_EQ(ch[1536 + 512 + 64 * 3 + 4 * 5 + 2], row[64 + 32 + 14]);  // ql[110]
+    EXPECT_EQ(ch[1536 + 1024 + 64 * 7 + 4 * 5 + 1], row[128 + 32 + 29]);  // qh[61]
+    EXPECT_EQ(ch[3072 + 32 * 6 + 2 * 5 + 1], row[192 + 13]);              // scales[13]
+    EXPECT_EQ(0, std::memcmp(ch + 3328 + 2 * 5, row + 208, 2));           // d
+  } else {
+    const int qs = base == DType::Q5_K ? 48 : 16;
+    EXPECT_EQ(ch[512 * 2 + 64 * 6 + 4 * 5 + 3], row[qs + 64 + 27]);       // qs[91]
+    EXPECT_EQ(0, std::memcmp(ch + 2080 + 2 * 5, row + 2, 2));             // dmin
+    EXPECT_EQ(ch[2112 + 64 * 2 + 4 * 5 + 1], row[4 + 9]);                 // scales[9]
+    if (base == DType::Q5_K) {  // high bit of value 32 * 6 + 13: qh[13] bit 6
+      const uint64_t word = [&] { uint64_t v; std::memcpy(&v, ch + 2304 + 64 * 6 + 8 * 3, 8); return v; }();
+      EXPECT_EQ((word >> (4 * 5 + 1)) & 1, (row[16 + 13] >> 6) & 1u);
+    }
+  }
+  std::vector<float> a(static_cast<size_t>(11 * cols)), b(a.size());
+  dequantize_rows(base, q.data(), cols, 13, 11, a.data());
+  dequantize_rows(t, g.data(), cols, 13, 11, b.data());
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+}
+
+TEST(QuantBlocks, KR16LayoutsInterleaveExactly) {
+  check_r16k(DType::Q4_KR16, 400);
+  check_r16k(DType::Q5_KR16, 500);
+  check_r16k(DType::Q6_KR16, 600);
+}
+
 }  // namespace
 }  // namespace mx

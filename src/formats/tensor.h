@@ -38,8 +38,8 @@ struct Tensor {
 
 std::string shape_str(const std::vector<int64_t>& shape);
 
-// The one rule for the interleaved layouts (dtype.h): a Q8_0 / Q4_0 tensor named `name` is
-// stored and run as Q8_0R16 / Q4_0R16 when it is a 2-D matrix of whole 16-row groups, except
+// The one rule for the interleaved layouts (dtype.h): a Q8_0 / Q4_0 / Q4_K / Q5_K / Q6_K tensor
+// named `name` is stored and run as its r16 type when it is a 2-D matrix of whole 16-row groups, except
 // the embedding table, whose single rows are looked up. Returns d when it is not.
 inline DType r16_storage(DType d, const std::string& name, const std::vector<int64_t>& shape) {
   if (name == "tok_embeddings" || shape.size() != 2 || shape[0] % 16 != 0 || shape[0] == 0) return d;

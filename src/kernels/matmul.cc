@@ -98,7 +98,7 @@ void check(const MatView& w) {
                                 " rows (the layout needs whole 16-row groups)");
 }
 
-// Interleaved types on the scalar path (AVX2 and AVX-512 have their own kernels): each 16-row
+// Q8_0R16 / Q4_0R16 on the scalar path (AVX2 and AVX-512 have their own kernels): each 16-row
 // group is deinterleaved into plain rows of the base type (an L2-resident copy) and run by the
 // scalar kernel of that type. r0 and r1 are multiples of 16.
 void rows_r16_via_base(mmk::RowsFn rows, const MatView& w, const mmk::Prepared& p, int64_t r0,
@@ -132,7 +132,7 @@ void run_shared(const MatView* ws, float* const* ys, int n, const float* x, int6
   }
 
   // One buffer per calling thread, reused across calls (no allocation per op in decode).
-  const bool r16_copy = is_r16(w0.dtype) && simd_path() == SimdPath::Scalar;
+  const bool r16_copy = is_r16(w0.dtype) && !is_r16_k(w0.dtype) && simd_path() == SimdPath::Scalar;
   thread_local mmk::Arena arena;
   mmk::Prepared p;
   mmk::PrepareJob job;

@@ -426,6 +426,7 @@ void prepare_avx2(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prepar
       job->fill_plain = fill_plain_avx2;
       return;
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+    case DType::Q4_KR16: case DType::Q5_KR16: case DType::Q6_KR16:
       job->layout.block = 256;
       job->layout.want_bsums = true;
       break;
@@ -456,6 +457,8 @@ void rows_avx2(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, floa
     case DType::Q4_K: return drive<KQuant<DType::Q4_K>, 2, 2>(w, p, r0, r1, y, ldy);
     case DType::Q5_K: return drive<KQuant<DType::Q5_K>, 2, 2>(w, p, r0, r1, y, ldy);
     case DType::Q6_K: return drive<KQuant<DType::Q6_K>, 2, 2>(w, p, r0, r1, y, ldy);
+    case DType::Q4_KR16: case DType::Q5_KR16: case DType::Q6_KR16:
+      return rows_kr16_avx2(w, p, r0, r1, y, ldy);
     default: break;
   }
 }

@@ -11,19 +11,13 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-#include "kernels/matmul_drive.h"
+#include "kernels/matmul_avx512_common.h"
 
 namespace mx::mmk {
 namespace {
 
 inline float h2f(const uint8_t* p) { return _cvtsh_ss(ld16(p)); }
 
-// acc += vpdpbusd(u, broadcast of the 4 bytes at x): the broadcast as the instruction's memory
-// operand ({1to16}); GCC otherwise emits a separate vpbroadcastd per product.
-inline __m512i dpbusd_bcast(__m512i acc, __m512i u, const void* x) {
-  __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*static_cast<const int32_t*>(x)));
-  return acc;
-}
 
 // ---------------------------------------------------------------- plain f32 / f16 / bf16
 
@@ -123,13 +117,6 @@ void fill_plain_512(const float* x, int64_t cols, float* dst, int64_t stride) {
 
 // ---------------------------------------------------------------- legacy 32-blocks (VNNI)
 
-// Decode (one token) streams the weights from DRAM: with both cores streaming, the loop's
-// out-of-order window alone does not keep enough misses in flight, so each step also
-// prefetches the weights kPrefetch bytes ahead (one prefetch per 64 bytes consumed, rounded
-// down; the hardware prefetcher fills the odd line). Measured best at 8 KiB on Zen 5.
-#ifndef MX_PF
-#define MX_PF 8192
-#endif
 // Q8T GEMV: prefetch distance in each of the 16 row streams; packed row-block budget (bytes).
 #ifndef MX_PF16_HINT
 #define MX_PF16_HINT _MM_HINT_T0
@@ -152,11 +139,6 @@ void fill_plain_512(const float* x, int64_t cols, float* dst, int64_t stride) {
 #ifndef MX_Q8R_KC
 #define MX_Q8R_KC 32
 #endif
-template <int kBytes>
-inline void prefetch_span(const uint8_t* p) {
-  MX_UNROLL for (int o = 0; o < kBytes / 64 * 64; o += 64)
-    _mm_prefetch(reinterpret_cast<const char*>(p + MX_PF + o), _MM_HINT_T0);
-}
 
 // ---------------------------------------------------------------- Q8_0, rows in lanes (VNNI)
 
@@ -985,6 +967,7 @@ void prepare_avx512(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prep
       job->layout.perm_span = 256;
       [[fallthrough]];
     case DType::Q6_K:
+    case DType::Q4_KR16: case DType::Q5_KR16: case DType::Q6_KR16:
       job->layout.block = 256;
       job->layout.want_bsums = true;
       break;
@@ -1027,6 +1010,8 @@ void rows_avx512(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, fl
     case DType::Q4_K: return drive<K45<DType::Q4_K>, 1, 6>(w, p, r0, r1, y, ldy);
     case DType::Q5_K: return drive<K45<DType::Q5_K>, 1, 6>(w, p, r0, r1, y, ldy);
     case DType::Q6_K: return drive<K6, 1, 6>(w, p, r0, r1, y, ldy);
+    case DType::Q4_KR16: case DType::Q5_KR16: case DType::Q6_KR16:
+      return rows_kr16_avx512(w, p, r0, r1, y, ldy);
     default: break;
   }
 }

@@ -88,6 +88,11 @@ inline uint32_t ld32(const uint8_t* p) {
   std::memcpy(&v, p, 4);
   return v;
 }
+inline uint64_t ld64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
 
 // 6-bit scales and mins of the 8 sub-blocks of a Q4_K / Q5_K super-block (ggml's packing).
 inline void k4_scales(const uint8_t* q, int16_t* sc, int16_t* m) {

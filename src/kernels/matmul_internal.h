@@ -125,6 +125,13 @@ void prepare_avx512(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prep
 void rows_avx512(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
                  int64_t ldy);
 
+// The interleaved k-quants (Q4_KR16 / Q5_KR16 / Q6_KR16), rows [r0, r1) in whole 16-row groups,
+// with Q8_K-like activations in natural order (block 256, bsums): matmul_kr16_*.cc.
+void rows_kr16_avx2(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
+                    int64_t ldy);
+void rows_kr16_avx512(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
+                      int64_t ldy);
+
 // Padded f32 copy (plain weights on every path but AVX bf16).
 void fill_plain_copy(const float* x, int64_t cols, float* dst, int64_t stride);
 

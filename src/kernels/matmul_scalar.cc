@@ -383,6 +383,55 @@ void rows_kquant(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, fl
   }
 }
 
+// Q4_KR16 / Q5_KR16 / Q6_KR16 (dtype.h): the reference for the SIMD kernels, which compute
+// the same exact integer sums per (row, super-block) and the same float steps in the same
+// order, so every path gives the same bits: acc = fma(float(isum), d * dx, acc), then for
+// Q4_K / Q5_K acc = fma(-float(imin), dmin * dx, acc). Each group is deinterleaved first.
+void rows_kr16(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
+               int64_t ldy) {
+  const DType base = r16_base(w.dtype);
+  const int64_t nb = w.cols / QK_K;
+  const size_t rb = row_bytes(base, w.cols);
+  const int bb = dtype_info(base).block_bytes;
+  const bool six = base == DType::Q6_K;
+  std::vector<uint8_t> rows16(16 * rb);
+  std::vector<int8_t> q(static_cast<size_t>(w.cols));
+  std::vector<int> sc(static_cast<size_t>(nb * 16)), mn(static_cast<size_t>(nb * 8));
+  std::vector<float> d(static_cast<size_t>(nb)), dmin(static_cast<size_t>(nb));
+  for (int64_t g = r0; g < r1; g += 16) {
+    deinterleave_r16(w.dtype, w.row(g), w.cols, rows16.data());
+    for (int l = 0; l < 16; ++l) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = rows16.data() + l * rb + b * bb;
+        if (six) decode_q6k(blk, &q[b * QK_K], &sc[b * 16], &d[b]);
+        else decode_q45k(base, blk, &q[b * QK_K], &sc[b * 16], &mn[b * 8], &d[b], &dmin[b]);
+      }
+      for (int64_t t = 0; t < p.n_tokens; ++t) {
+        const int8_t* xq = p.q + t * p.q_stride;
+        const float* xd = p.d + t * p.d_stride;
+        const int16_t* bs32 = p.bsum32 + t * p.bsum32_stride;
+        float acc = 0.f;
+        for (int64_t b = 0; b < nb; ++b) {
+          const int8_t* wb = &q[b * QK_K];
+          const int8_t* xb = xq + b * QK_K;
+          int isum = 0, imin = 0;
+          if (six) {
+            for (int s = 0; s < 16; ++s) isum += sc[b * 16 + s] * dot_i8(wb + 16 * s, xb + 16 * s, 16);
+          } else {
+            for (int s = 0; s < 8; ++s) {
+              isum += sc[b * 16 + s] * dot_i8(wb + 32 * s, xb + 32 * s, 32);
+              imin += mn[b * 8 + s] * bs32[b * 8 + s];
+            }
+          }
+          acc = std::fma(static_cast<float>(isum), d[b] * xd[b], acc);
+          if (!six) acc = std::fma(-static_cast<float>(imin), dmin[b] * xd[b], acc);
+        }
+        y[t * ldy + g + l] = acc;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void prepare_scalar(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prepared* out,
@@ -395,6 +444,7 @@ void prepare_scalar(DType dt, int64_t n_tokens, int64_t cols, Arena& arena, Prep
       job->fill_plain = fill_plain_copy;
       return;
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+    case DType::Q4_KR16: case DType::Q5_KR16: case DType::Q6_KR16:
       job->layout.block = QK_K;
       job->layout.want_bsums = true;
       break;
@@ -414,6 +464,8 @@ void rows_scalar(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, fl
       return rows_plain(w, p, r0, r1, y, ldy);
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
       return rows_kquant(w, p, r0, r1, y, ldy);
+    case DType::Q4_KR16: case DType::Q5_KR16: case DType::Q6_KR16:
+      return rows_kr16(w, p, r0, r1, y, ldy);
     default:
       return rows_legacy(w, p, r0, r1, y, ldy);
   }

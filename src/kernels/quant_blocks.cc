@@ -2,6 +2,7 @@
 // quantize_row_*_ref bit for bit: same element order, same float operations in the same order
 // (no fused multiply-add; this file is built without -mfma), same rounding.
 #include "kernels/quant_blocks.h"
+#include "kernels/quant_r16k.h"
 
 #include <algorithm>
 #include <cmath>
@@ -275,7 +276,8 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
     case DType::Q5_K: return dequant_q5_k(static_cast<const BlockQ5_K*>(src), dst, nb);
     case DType::Q6_K: return dequant_q6_k(static_cast<const BlockQ6_K*>(src), dst, nb);
     case DType::Q8_K: return dequant_q8_k(static_cast<const BlockQ8_K*>(src), dst, nb);
-    case DType::Q8_0R16: case DType::Q4_0R16:
+    case DType::Q8_0R16: case DType::Q4_0R16: case DType::Q4_KR16: case DType::Q5_KR16:
+    case DType::Q6_KR16:
       throw std::invalid_argument("dequantize_row: " + std::string(dtype_info(t).name) +
                                   " rows are interleaved in 16-row groups");
     // Integer tensors are never weights, but converting them keeps this total over DType.
@@ -322,10 +324,12 @@ void r16_move(DType t, uint8_t* group, uint8_t* rows16, int64_t cols, bool to_gr
 }  // namespace
 
 void interleave_r16(DType t, const uint8_t* rows16, int64_t cols, uint8_t* group) {
+  if (is_r16_k(t)) return interleave_r16k(t, rows16, cols, group);
   r16_move(t, group, const_cast<uint8_t*>(rows16), cols, true);  // rows16 is only read
 }
 
 void deinterleave_r16(DType t, const uint8_t* group, int64_t cols, uint8_t* rows16) {
+  if (is_r16_k(t)) return deinterleave_r16k(t, group, cols, rows16);
   r16_move(t, const_cast<uint8_t*>(group), rows16, cols, false);  // group is only read
 }
 

@@ -47,9 +47,9 @@ inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
 // std::invalid_argument (use dequantize_rows).
 void dequantize_row(DType t, const void* src, float* dst, int64_t n);
 
-// Q8_0R16 / Q4_0R16 (dtype.h): one group of 16 rows of the base type (Q8_0 / Q4_0, contiguous,
-// row_bytes(base, cols) apart) to its interleaved form and back; both sides take
-// 16 * row_bytes(base, cols) bytes. cols must be a multiple of 32. The round trip is exact
+// The r16 types (dtype.h): one group of 16 rows of the base type (Q8_0, Q4_0, Q4_K, ...,
+// contiguous, row_bytes(base, cols) apart) to its interleaved form and back; both sides take
+// 16 * row_bytes(base, cols) bytes. cols must be a multiple of the base block. The round trip is exact
 // (the same bytes, reordered). t is the interleaved type.
 void interleave_r16(DType t, const uint8_t* rows16, int64_t cols, uint8_t* group);
 void deinterleave_r16(DType t, const uint8_t* group, int64_t cols, uint8_t* rows16);

@@ -1,6 +1,7 @@
 // The model's weights bound to the kernels' view type, per layer and per expert.
 // Small vectors (norm weights) are converted to f32 once; matrices stay where they were mapped,
-// except row-major Q8_0 / Q4_0 ones, which are interleaved into a copy (bind_weights).
+// except row-major Q8_0 / Q4_0 / Q4_K / Q5_K / Q6_K ones, which are interleaved into a copy
+// (bind_weights).
 #pragma once
 #include <memory>
 #include <vector>
@@ -36,8 +37,8 @@ struct ModelWeights {
 
 MatView mat_view(const Tensor& t);
 std::vector<float> to_f32(const Tensor& t);
-// With opts.interleave, row-major Q8_0 / Q4_0 matrices (2-D, whole 16-row groups, not the
-// embedding table) are converted to Q8_0R16 / Q4_0R16 copies (the same bytes reordered; split
+// With opts.interleave, row-major Q8_0 / Q4_0 / Q4_K / Q5_K / Q6_K matrices (2-D, whole 16-row
+// groups, not the embedding table) are converted to their r16 copies (the same bytes reordered; split
 // over `pool` when given), and their mapped source pages are dropped, so resident memory stays
 // one copy of the weights. Only experts this rank owns are touched.
 ModelWeights bind_weights(const LoadedModel& m, const LoadOptions& opts, ThreadPool* pool = nullptr);

@@ -1,0 +1,201 @@
+// AVX-512 VNNI kernels for the interleaved k-quants (Q4_KR16, Q5_KR16, Q6_KR16; dtype.h).
+//
+// 16 rows sit in the 16 lanes, so a vpdpbusd of one weight plane with a broadcast activation
+// dword gives 4 products for each of 16 rows, and each sub-block's integer sum S (exact) is
+// scaled by its 6-bit (Q4_K / Q5_K) or int8 (Q6_K) scale as an integer (vpmulld): per
+// super-block and token the float work is one convert and one FMA for 16 rows (two with the
+// mins). Activations are Q8_K-like (one scale per 256 values, sums per 16 / 32 values).
+// The float sequence per (row, token) is the scalar reference's (rows_kr16 in
+// matmul_scalar.cc) and the AVX2 kernels': acc = fma(float(isum), d * dx, acc), then
+// acc = fma(-float(imin), dmin * dx, acc) for Q4_K / Q5_K. So all paths give the same bits.
+#include <immintrin.h>
+
+// GCC 12's intrinsic headers trip -W(maybe-)uninitialized on their own _mm*_undefined_*().
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "kernels/matmul_avx512_common.h"
+
+// Tokens that share one pass over a 16-row group (register budget: 8 weight planes plus two
+// accumulators and a partial sum per token).
+#ifndef MX_KR16_NT
+#define MX_KR16_NT 4
+#endif
+
+namespace mx::mmk {
+namespace {
+
+inline __m512i ld(const uint8_t* p) { return _mm512_loadu_si512(p); }
+inline __m512i bcast32(const void* p) {
+  return _mm512_set1_epi32(static_cast<int>(ld32(static_cast<const uint8_t*>(p))));
+}
+
+template <DType DT>
+struct KR16 {
+  static constexpr bool kSix = DT == DType::Q6_KR16, kFive = DT == DType::Q5_KR16;
+  static constexpr int kChunk = kSix ? 3360 : kFive ? 2816 : 2304;
+
+  // Q4_K / Q5_K super-block at ch: isum[j] = sum_s sc_s * S_s, imin[j] = sum_s m_s * bsum32_s.
+  template <int NT>
+  static void sb_q45(const uint8_t* ch, const int8_t* const* xq, const int16_t* const* bs,
+                     int64_t b, __m512i* isum, __m512i* imin) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), k3f = _mm512_set1_epi32(0x3f3f3f3f);
+    const __m512i k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
+    const __m512i A = ld(ch + 2112), B = ld(ch + 2176), C = ld(ch + 2240);
+    // ggml's 6-bit packing, four sub-blocks per dword lane (get_scale_min_k4).
+    const __m512i sclo = _mm512_and_si512(A, k3f), mlo = _mm512_and_si512(B, k3f);
+    const __m512i schi = _mm512_or_si512(_mm512_and_si512(C, k0f), _mm512_and_si512(_mm512_srli_epi32(A, 2), k30));
+    const __m512i mhi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(C, 4), k0f),
+                                        _mm512_and_si512(_mm512_srli_epi32(B, 2), k30));
+    // Mins as int16 pairs (m_2i, m_2i+1) per lane, for vpdpwssd with the bsum32 pairs.
+    const __m512i lane_off = _mm512_set4_epi32(0x000C000C, 0x00080008, 0x00040004, 0);
+    const __m512i c01 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(0x80018000u)), lane_off);
+    const __m512i c23 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(0x80038002u)), lane_off);
+    const __m512i mp[4] = {_mm512_shuffle_epi8(mlo, c01), _mm512_shuffle_epi8(mlo, c23),
+                           _mm512_shuffle_epi8(mhi, c01), _mm512_shuffle_epi8(mhi, c23)};
+    MX_UNROLL for (int j = 0; j < NT; ++j) {
+      __m512i m = _mm512_setzero_si512();
+      MX_UNROLL for (int i = 0; i < 4; ++i) m = _mm512_dpwssd_epi32(m, mp[i], bcast32(bs[j] + 8 * b + 2 * i));
+      imin[j] = m;
+      isum[j] = _mm512_setzero_si512();
+    }
+    const __m512i ff = _mm512_set1_epi32(0xff);
+    MX_UNROLL for (int s = 0; s < 8; ++s) {
+      const __m512i sc = _mm512_and_si512(_mm512_srli_epi32(s < 4 ? sclo : schi, 8 * (s & 3)), ff);
+      const uint8_t* q = ch + 512 * (s >> 1);
+      __m512i W[8];
+      MX_UNROLL for (int v = 0; v < 8; ++v) {
+        const __m512i raw = ld(q + 64 * v);
+        W[v] = _mm512_and_si512((s & 1) ? _mm512_srli_epi16(raw, 4) : raw, m4);
+        if constexpr (kFive) {
+          const __mmask64 hb = _cvtu64_mask64(ld64(ch + 2304 + 64 * s + 8 * v));
+          W[v] = _mm512_mask_add_epi8(W[v], hb, W[v], _mm512_set1_epi8(16));
+        }
+      }
+      MX_UNROLL for (int j = 0; j < NT; ++j) {
+        const int8_t* x = xq[j] + 256 * b + 32 * s;
+        __m512i S = _mm512_setzero_si512();
+        MX_UNROLL for (int v = 0; v < 8; ++v) S = dpbusd_bcast(S, W[v], x + 4 * v);
+        isum[j] = _mm512_add_epi32(isum[j], _mm512_mullo_epi32(S, sc));
+      }
+    }
+  }
+
+  // Q6_K super-block at ch: isum[j] = sum_s sc_s * (S_s - 32 * bsum16_s) (weights stored + 32).
+  template <int NT>
+  static void sb_q6(const uint8_t* ch, const int8_t* const* xq, const int16_t* const* bs,
+                    int64_t b, __m512i* isum) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    __m512i corr[NT];
+    MX_UNROLL for (int j = 0; j < NT; ++j) corr[j] = _mm512_setzero_si512();
+    MX_UNROLL for (int i = 0; i < 8; ++i) {  // scale pairs (sc_2i, sc_2i+1) as int16 per lane
+      const __m512i sp = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 3072 + 32 * i)));
+      MX_UNROLL for (int j = 0; j < NT; ++j)
+        corr[j] = _mm512_dpwssd_epi32(corr[j], sp, bcast32(bs[j] + 16 * b + 2 * i));
+    }
+    MX_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(corr[j], 5));
+    MX_UNROLL for (int n = 0; n < 2; ++n)
+      MX_UNROLL for (int c = 0; c < 4; ++c) {
+        const __m512i sp = _mm512_cvtepi8_epi16(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 3072 + 32 * (4 * n + c))));
+        const __m512i sc_e = _mm512_srai_epi32(_mm512_slli_epi32(sp, 16), 16), sc_o = _mm512_srai_epi32(sp, 16);
+        const uint8_t* half = ch + 1536 * n;
+        __m512i W[8];
+        MX_UNROLL for (int v = 0; v < 8; ++v) {
+          const __m512i raw = ld(half + 512 * (c & 1) + 64 * v), H = ld(half + 1024 + 64 * v);
+          const __m512i nib = _mm512_and_si512(c >= 2 ? _mm512_srli_epi16(raw, 4) : raw, m4);
+          // Bits 2c, 2c+1 of each qh byte to bits 4, 5 (the mask drops what crosses bytes).
+          const __m512i hb = c == 0 ? _mm512_slli_epi16(H, 4) : c == 1 ? _mm512_slli_epi16(H, 2)
+                             : c == 2 ? H : _mm512_srli_epi16(H, 2);
+          W[v] = _mm512_ternarylogic_epi32(nib, hb, m30, 0xF8);  // nib | (hb & m30)
+        }
+        MX_UNROLL for (int j = 0; j < NT; ++j) {
+          const int8_t* x = xq[j] + 256 * b + 128 * n + 32 * c;
+          __m512i S0 = _mm512_setzero_si512(), S1 = _mm512_setzero_si512();
+          MX_UNROLL for (int v = 0; v < 4; ++v) S0 = dpbusd_bcast(S0, W[v], x + 4 * v);
+          MX_UNROLL for (int v = 4; v < 8; ++v) S1 = dpbusd_bcast(S1, W[v], x + 4 * v);
+          isum[j] = _mm512_add_epi32(isum[j], _mm512_add_epi32(_mm512_mullo_epi32(S0, sc_e),
+                                                                _mm512_mullo_epi32(S1, sc_o)));
+        }
+      }
+  }
+
+  // Tokens [t, t + NT) x the 16 rows of the group at grp; y points at the group's first row.
+  template <int NT, bool kPf>
+  static void group(const uint8_t* grp, int64_t nsb, const Prepared& p, int64_t t, float* y,
+                    int64_t ldy) {
+    const int8_t* xq[NT];
+    const float* xd[NT];
+    const int16_t* bs[NT];
+    MX_UNROLL for (int j = 0; j < NT; ++j) {
+      xq[j] = p.q + (t + j) * p.q_stride;
+      xd[j] = p.d + (t + j) * p.d_stride;
+      bs[j] = kSix ? p.bsum16 + (t + j) * p.bsum16_stride : p.bsum32 + (t + j) * p.bsum32_stride;
+    }
+    __m512 acc[NT];
+    MX_UNROLL for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nsb; ++b) {
+      const uint8_t* ch = grp + b * kChunk;
+      if constexpr (kPf) prefetch_span<kChunk>(ch);
+      __m512i isum[NT], imin[NT];
+      const uint8_t* dp = ch + (kSix ? 3328 : 2048);
+      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dp)));
+      if constexpr (kSix) {
+        sb_q6<NT>(ch, xq, bs, b, isum);
+        MX_UNROLL for (int j = 0; j < NT; ++j)
+          acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(d, _mm512_set1_ps(xd[j][b])), acc[j]);
+      } else {
+        sb_q45<NT>(ch, xq, bs, b, isum, imin);
+        const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dp + 32)));
+        MX_UNROLL for (int j = 0; j < NT; ++j) {
+          const __m512 dx = _mm512_set1_ps(xd[j][b]);
+          acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(d, dx), acc[j]);
+          acc[j] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(imin[j]), _mm512_mul_ps(dmin, dx), acc[j]);
+        }
+      }
+    }
+    MX_UNROLL for (int j = 0; j < NT; ++j) _mm512_storeu_ps(y + (t + j) * ldy, acc[j]);
+  }
+
+  template <int NT>
+  static void tail(int nt, const uint8_t* grp, int64_t nsb, const Prepared& p, int64_t t,
+                   float* y, int64_t ldy) {
+    if constexpr (NT > 1)
+      if (nt < NT) return tail<NT - 1>(nt, grp, nsb, p, t, y, ldy);
+    group<NT, false>(grp, nsb, p, t, y, ldy);
+  }
+
+  // Rows [r0, r1) (multiples of 16): each group is read from memory once (the first token
+  // tile, with prefetch) and from cache by the other tiles.
+  static void rows(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
+                   int64_t ldy) {
+    const int64_t T = p.n_tokens, nsb = w.cols / 256;
+    constexpr int kNT = MX_KR16_NT;
+    for (int64_t r = r0; r < r1; r += 16) {
+      const uint8_t* g = w.row(r);
+      int64_t t = 0;
+      if (T >= kNT) {
+        group<kNT, true>(g, nsb, p, 0, y + r, ldy);
+        for (t = kNT; t + kNT <= T; t += kNT) group<kNT, false>(g, nsb, p, t, y + r, ldy);
+      } else if (T == 1) {
+        group<1, true>(g, nsb, p, 0, y + r, ldy);
+        t = 1;
+      }
+      if (t < T) tail<kNT>(static_cast<int>(T - t), g, nsb, p, t, y + r, ldy);
+    }
+  }
+};
+
+}  // namespace
+
+void rows_kr16_avx512(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
+                      int64_t ldy) {
+  switch (w.dtype) {
+    case DType::Q4_KR16: return KR16<DType::Q4_KR16>::rows(w, p, r0, r1, y, ldy);
+    case DType::Q5_KR16: return KR16<DType::Q5_KR16>::rows(w, p, r0, r1, y, ldy);
+    case DType::Q6_KR16: return KR16<DType::Q6_KR16>::rows(w, p, r0, r1, y, ldy);
+    default: break;
+  }
+}
+
+}  // namespace mx::mmk
