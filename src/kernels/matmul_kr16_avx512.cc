@@ -19,7 +19,7 @@
 // Tokens that share one pass over a 16-row group (register budget: 8 weight planes plus two
 // accumulators and a partial sum per token).
 #ifndef MX_KR16_NT
-#define MX_KR16_NT 4
+#define MX_KR16_NT 6
 #endif
 
 namespace mx::mmk {
