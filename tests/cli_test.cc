@@ -53,10 +53,10 @@ TEST(Cli, ScoreCasesMatchReferenceOnEveryLayout) {
       for (size_t n = 0; n < idx.size(); ++n) {
         const auto& gp = got[c]["positions"][static_cast<size_t>(idx[n])];
         const auto& wp = wc["positions"][n];
-        EXPECT_NEAR(gp["lse"].get<double>(), wp["lse"].get<double>(), 1e-3) << layout;
-        EXPECT_NEAR(gp["top"][0][1].get<double>(), wp["top"][0][1].get<double>(), 1e-3) << layout;
+        EXPECT_NEAR(gp["lse"].get<double>(), wp["lse"].get<double>(), 1e-4) << layout;
+        EXPECT_NEAR(gp["top"][0][1].get<double>(), wp["top"][0][1].get<double>(), 1e-4) << layout;
         if (wc.contains("next_token_logprob") && n + 1 < idx.size()) {
-          EXPECT_NEAR(gp["next_logprob"].get<double>(), wc["next_token_logprob"][n].get<double>(), 1e-3);
+          EXPECT_NEAR(gp["next_logprob"].get<double>(), wc["next_token_logprob"][n].get<double>(), 1e-4);
         }
       }
       EXPECT_TRUE(got[c]["positions"].back()["next_logprob"].is_null());
@@ -72,14 +72,18 @@ TEST(Cli, ScoreCompareSummarizesAgreement) {
   EXPECT_EQ(a["cases"], 6);
   EXPECT_EQ(a["positions"], 169);
   EXPECT_EQ(a["top1_agreement"], 1.0);
-  EXPECT_LT(a["max_abs_dlogit"].get<double>(), 1e-3);
+  EXPECT_LT(a["max_abs_dlogit"].get<double>(), 1e-4);
   EXPECT_LT(a["mean_abs_dlogprob"].get<double>(), 1e-4);
   // A quantized file disagrees measurably, so the summary is not a constant.
   r = run_cli("score --model " + test::data_path("tiny-mixtral/gguf/tiny-mixtral-q4_0.gguf") + " --cases " + ref + " --compare");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const nlohmann::json q = nlohmann::json::parse(r.out);
-  EXPECT_LT(q["top1_agreement"].get<double>(), 0.8);
-  EXPECT_GT(q["mean_abs_dlogprob"].get<double>(), 0.3);
+  EXPECT_LT(q["top1_agreement"].get<double>(), 1.0);
+  EXPECT_GT(q["mean_abs_dlogprob"].get<double>(), 0.01);
+  // ... and still accurate: exact arithmetic on this file's weights gives 63.9% and 0.575; the
+  // same bounds as tests/model_test.cc (two flipped expert choices of margin).
+  EXPECT_GE(q["top1_agreement"].get<double>(), 0.639 - 0.012);
+  EXPECT_LE(q["mean_abs_dlogprob"].get<double>(), 0.575 + 0.04);
 
   r = run_cli("score --model " + test::data_path("tiny-mixtral/mistral") + " --tokens 1,2 --compare");
   EXPECT_NE(r.exit_code, 0);
@@ -215,14 +219,28 @@ TEST(Cli, BadInputsGiveOneClearError) {
 }
 
 TEST(Cli, ChatStreamsRepliesFromStdin) {
+  // The reference: the same greedy reply from `generate --instruct`, which prints the prompt
+  // and then the reply (chat's first turn is the same [INST] prompt).
+  const std::string prompt = "Hello there";
+  auto g = run_cli("generate --model " + kHf + " --instruct --prompt '" + prompt + "' -n 8 --temperature 0");
+  ASSERT_EQ(g.exit_code, 0) << g.err;
+  ASSERT_EQ(g.out.rfind(prompt, 0), 0u) << g.out;
+  const std::string reply = g.out.substr(prompt.size());
+  ASSERT_GT(reply.size(), 1u);
   const std::string d = test::tmp_dir("chat");
-  std::system(("printf 'Hello there\\nAnd again\\n' > " + d + "/in.txt").c_str());
+  std::ofstream(d + "/in.txt") << prompt << "\nAnd again\n/reset\n" << prompt << "\n";
   // run_cli feeds /dev/null as stdin, so this one runs through the shell with its own input.
   const std::string cmd = std::string(MIXTRAL_BIN) + " chat --model " + kHf +
-                          " --temperature 0 -n 8 < " + d + "/in.txt > " + d + "/out.txt 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0);
+                          " --temperature 0 -n 8 < " + d + "/in.txt > " + d + "/out.txt 2>" + d + "/err.txt";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << test::read_file(d + "/err.txt");
   const std::string out = test::read_file(d + "/out.txt");
-  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 2) << out;
+  std::vector<std::string> lines;
+  for (size_t at = 0, nl; (nl = out.find('\n', at)) != std::string::npos; at = nl + 1) lines.push_back(out.substr(at, nl - at + 1));
+  ASSERT_EQ(lines.size(), 3u) << out;
+  EXPECT_EQ(lines[0], reply);  // first turn: exactly generate's reply
+  EXPECT_GT(lines[1].size(), 1u);  // second turn: a reply, with the first in context
+  EXPECT_NE(lines[1], reply);
+  EXPECT_EQ(lines[2], reply);  // after /reset the conversation starts over
 }
 
 }  // namespace

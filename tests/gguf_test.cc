@@ -845,5 +845,29 @@ TEST_F(GgufSynth, CorruptedHeadersNeverCrash) {
   SUCCEED() << loaded << " corrupted files still loaded, " << errors << " rejected";
 }
 
+// A zero-byte tensor (one dimension 0) used to skip the range check, and tensor() then formed
+// a pointer 2^63 bytes past the mapping. Every tensor's offset must lie inside the data.
+TEST_F(GgufSynth, ZeroSizeTensorAtHugeOffsetIsAnError) {
+  GgufBuilder b;
+  b.string("general.architecture", "llama");
+  b.tensor_raw("empty.weight", {4, 0}, 0, "");
+  size_t infos_end = 0;
+  std::string bytes = b.bytes(&infos_end);
+  const uint64_t huge = uint64_t{1} << 63;  // a multiple of the alignment, so only the range is wrong
+  std::memcpy(&bytes[infos_end - 8], &huge, 8);
+  const std::string p = write_bytes(bytes, "zero-size.gguf");
+  expect_error([&] { GgufFile::open(p); }, p, "tensor 'empty.weight' data [");
+  // At a plausible offset the same tensor is fine and its (empty) view points into the file.
+  b = GgufBuilder();
+  b.string("general.architecture", "llama");
+  b.tensor_raw("empty.weight", {4, 0}, 0, "");
+  const std::string ok = write(b, "zero-size-ok.gguf");
+  const GgufFile g = GgufFile::open(ok);
+  const Tensor t = g.tensor("empty.weight");
+  EXPECT_EQ(t.numel(), 0);
+  EXPECT_GE(t.data, g.file->data());
+  EXPECT_LE(t.data, g.file->data() + g.file->size());
+}
+
 }  // namespace
 }  // namespace mx

@@ -37,7 +37,8 @@ void check_against_reference(Model& m, ThreadPool& pool) {
       const auto& want = c["positions"][n];
       const PositionScore& got = r.positions[static_cast<size_t>(idx[n])];
       const std::string where = c["name"].get<std::string>() + " position " + std::to_string(idx[n]);
-      EXPECT_NEAR(got.lse, want["lse"].get<double>(), 1e-3) << where;
+      // f32 logits: the engine is within 9e-6 of the PyTorch reference; 1e-4 leaves 10x.
+      EXPECT_NEAR(got.lse, want["lse"].get<double>(), 1e-4) << where;
       // Every stored top-10 logit, looked up by id in our full logits via the top-N we keep.
       for (const auto& pair : want["top"]) {
         const int id = pair[0].get<int>();
@@ -45,12 +46,12 @@ void check_against_reference(Model& m, ThreadPool& pool) {
         bool found = false;
         for (const auto& [gid, glg] : got.top)
           if (gid == id) {
-            EXPECT_NEAR(glg, lg, 1e-3) << where << " token " << id;
+            EXPECT_NEAR(glg, lg, 1e-4) << where << " token " << id;
             found = true;
           }
         if (!found) {
           // Near-ties at the 10th place may swap; the value must still sit at the boundary.
-          EXPECT_NEAR(got.top.back().second, lg, 1e-3) << where << " token " << id << " missing";
+          EXPECT_NEAR(got.top.back().second, lg, 1e-4) << where << " token " << id << " missing";
         }
       }
       ++checked;
@@ -145,8 +146,10 @@ namespace {
 // q8_0 94% top-1 agreement, mean |d log p| 0.068; q4_0 66%, 0.52; q4_k_m 83%, 0.26. Exact f32
 // arithmetic on the same dequantized weights (a repack to f32) gives 94.1%/0.055, 63.9%/0.575
 // and 82.8%/0.300: llama.cpp's q4 figures are partly router luck. On 169 positions one flipped
-// expert choice moves top-1 by 0.6% and the mean by up to 0.02, so each bound is the better of
-// llama.cpp and exact arithmetic, plus two flips (docs/accuracy.md).
+// expert choice moves top-1 by 0.6% and the mean by up to 0.02, so each bound is a reference
+// figure plus two flips (docs/accuracy.md): the better of llama.cpp and exact arithmetic where
+// the engine meets it (q8_0 both, exact's 159/169 and 0.055; q4_k_m top-1, llama.cpp's 83%),
+// exact arithmetic where it does not (q4_0 both; q4_k_m's mean, 0.301 on the scalar path).
 ReferenceAgreement agreement_with_reference(Model& m, ThreadPool& pool) {
   return compare_with_reference(m, expected(), DType::F32, pool, "expected.json");
 }
@@ -166,13 +169,13 @@ TEST(Model, GgufQuantizedStayWithinLlamaCppBounds) {
   ThreadPool pool(2);
   const ReferenceAgreement q8 = agreement_with_reference(*load_gguf_model("q8_0", pool), pool);
   EXPECT_EQ(q8.positions, 169);
-  EXPECT_GE(q8.top1(), 0.94 - 0.012);
-  EXPECT_LE(q8.mean_abs_dlogprob, 0.068 + 0.04);
+  EXPECT_GE(q8.top1(), (159 - 2) / 169.0 - 1e-9);  // AVX-512 meets it with no flip to spare
+  EXPECT_LE(q8.mean_abs_dlogprob, 0.055 + 0.04);
   const ReferenceAgreement q4 = agreement_with_reference(*load_gguf_model("q4_0", pool), pool);
   EXPECT_GE(q4.top1(), 0.639 - 0.012);
   EXPECT_LE(q4.mean_abs_dlogprob, 0.575 + 0.04);
   const ReferenceAgreement qk = agreement_with_reference(*load_gguf_model("q4_k_m", pool), pool);
-  EXPECT_GE(qk.top1(), 0.828 - 0.012);
+  EXPECT_GE(qk.top1(), 0.83 - 0.012);
   EXPECT_LE(qk.mean_abs_dlogprob, 0.300 + 0.04);
 }
 

@@ -35,6 +35,8 @@ run() {
   RC=$?
   SECS=$((SECONDS - t0))
 }
+# exited_ok <name> <err file>: the last run exited 0 (equal output alone would miss a crash at exit).
+exited_ok() { [[ $RC == 0 ]] || fail "$1 exited $RC: $(tail -5 "$2")"; }
 
 # Mixed prompt lengths in one batch (1 to ~60 tokens), so chunks of different sizes share steps.
 cat >"$W/prompts.json" <<'EOF'
@@ -54,30 +56,38 @@ run "$W/gen.ref" "$W/err" "$BIN" generate --model "$MODEL" -n 16 --temperature 0
 run "$W/batch.ref" "$W/err" "$BIN" generate --model "$MODEL" --prompts-file "$W/prompts.json" -n 12 --temperature 0 --json
 [[ $RC == 0 ]] || fail "batch generate without mpirun exited $RC: $(cat "$W/err")"
 run "$W/sample.ref" "$W/err" "$BIN" generate --model "$MODEL" --prompts-file "$W/prompts.json" -n 12 --temperature 0.9 --seed 5 --json
+exited_ok "sampled batch without mpirun" "$W/err"
 printf 'hello there\nand how are you today?\n' >"$W/chat.in"
 run "$W/chat.ref" "$W/err" "$BIN" chat --model "$MODEL" -n 10 --temperature 0 <"$W/chat.in"
+exited_ok "chat without mpirun" "$W/err"
 
 # ---- the same under mpirun -np 1, 2, 4 -------------------------------------------------------
 for np in 1 2 4; do
   run "$W/score.$np" "$W/err.$np" "${MPIRUN[@]}" -np $np "$BIN" score --model "$MODEL" --cases "$CASES"
-  [[ $RC == 0 ]] || fail "score -np $np exited $RC: $(tail -5 "$W/err.$np")"
+  exited_ok "score -np $np" "$W/err.$np"
   same "score --cases, -np $np" "$W/score.ref" "$W/score.$np"
 done
 for np in 2 4; do
   run "$W/gen.$np" "$W/err" "${MPIRUN[@]}" -np $np "$BIN" generate --model "$MODEL" -n 16 --temperature 0
+  exited_ok "greedy generate -np $np" "$W/err"
   same "greedy generate, -np $np" "$W/gen.ref" "$W/gen.$np"
   run "$W/batch.$np" "$W/err" "${MPIRUN[@]}" -np $np "$BIN" generate --model "$MODEL" --prompts-file "$W/prompts.json" -n 12 --temperature 0 --json
+  exited_ok "mixed-length batch -np $np" "$W/err"
   same "mixed-length batch, -np $np" "$W/batch.ref" "$W/batch.$np"
 done
 run "$W/sample.2" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" generate --model "$MODEL" --prompts-file "$W/prompts.json" -n 12 --temperature 0.9 --seed 5 --json
+exited_ok "sampled batch -np 2" "$W/err"
 same "sampled batch, -np 2" "$W/sample.ref" "$W/sample.2"
 run "$W/chat.2" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" chat --model "$MODEL" -n 10 --temperature 0 <"$W/chat.in"
+exited_ok "chat -np 2" "$W/err"
 same "chat, -np 2" "$W/chat.ref" "$W/chat.2"
 # Thread counts must not matter either (each rank oversubscribed with 2 threads here).
 run "$W/score.t2" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" score --model "$MODEL" --cases "$CASES" --threads 2
+exited_ok "score -np 2 --threads 2" "$W/err"
 same "score --cases, -np 2 --threads 2" "$W/score.ref" "$W/score.t2"
 # Routing check on: every layer compares a routing hash across ranks (they must agree).
 run "$W/score.chk" "$W/err" env MIXTRAL_EP_CHECK=1 "${MPIRUN[@]}" -np 4 "$BIN" score --model "$MODEL" --cases "$CASES"
+exited_ok "score with MIXTRAL_EP_CHECK=1 -np 4" "$W/err"
 same "score with MIXTRAL_EP_CHECK=1, -np 4" "$W/score.ref" "$W/score.chk"
 # Non-engine commands run once, on rank 0 only.
 run "$W/ver" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" --version
@@ -130,10 +140,13 @@ else
   # MPMD: each rank gets its own --model, as a hostfile run with per-host paths would.
   run "$W/score.hosts" "$W/err" "${MPIRUN[@]}" -np 1 "$BIN" score --model "$W/host0" --cases "$CASES" \
     : -np 1 "$BIN" score --model "$W/host1" --cases "$CASES"
+  exited_ok "two hosts (MPMD --model)" "$W/err"
   same "two hosts with their own expert files (MPMD --model)" "$W/score.ref" "$W/score.hosts"
   run "$W/score.hosts2" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" score --model "$W/host{rank}" --cases "$CASES"
+  exited_ok "two hosts (--model DIR{rank})" "$W/err"
   same "two hosts with their own expert files (--model DIR{rank})" "$W/score.ref" "$W/score.hosts2"
   run "$W/gen.hosts" "$W/err" env MIXTRAL_MODEL_RANK1="$W/host1" "${MPIRUN[@]}" -np 2 "$BIN" generate --model "$W/host0" --prompts-file "$W/prompts.json" -n 12 --temperature 0 --json
+  exited_ok "two hosts, mixed batch" "$W/err"
   same "two hosts, mixed batch (MIXTRAL_MODEL_RANK1)" "$W/batch.ref" "$W/gen.hosts"
 
   # A host missing one of its expert files: the job ends, naming the rank and the file.

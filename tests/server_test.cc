@@ -119,7 +119,7 @@ struct Reply {
 std::unique_ptr<httplib::Client> client(int port) {
   auto c = std::make_unique<httplib::Client>("127.0.0.1", port);
   c->set_read_timeout(20, 0);
-  c->set_connection_timeout(5, 0);
+  c->set_connection_timeout(20, 0);
   return c;
 }
 
@@ -503,7 +503,7 @@ TEST(Server, ClientLeavingMidStreamFreesItsSlot) {
   EXPECT_EQ(chunks, 3);
   const auto t0 = Clock::now();
   json h;
-  while (since(t0) < 5) {
+  while (since(t0) < 20) {
     h = health(s.port());
     if (h.value("cancelled", 0) == 1 && h.value("running", -1) == 0) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -512,7 +512,7 @@ TEST(Server, ClientLeavingMidStreamFreesItsSlot) {
   EXPECT_EQ(h["running"], 0) << h.dump();
   const Reply r = post(s.port(), "/v1/completions", completion("Hello", 4));
   EXPECT_EQ(r.status, 200);
-  EXPECT_LT(since(t0), 5.0);
+  EXPECT_LT(since(t0), 20.0);
   EXPECT_EQ(health(s.port())["cancelled"], 1);  // a request that runs to its end is not cancelled
 }
 
@@ -523,7 +523,7 @@ TEST(Server, SigtermEndsRunningRequestsAndExitsZero) {
     events = post_stream(s.port(), "/v1/completions", json{{"prompt", "Once upon a time"}, {"max_tokens", 30000}, {"stream", true}});
   });
   const auto t0 = Clock::now();
-  while (health(s.port()).value("running", 0) == 0 && since(t0) < 5) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  while (health(s.port()).value("running", 0) == 0 && since(t0) < 20) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(s.stop(SIGTERM, 10), 0) << s.stderr_text();
   t.join();
   ASSERT_FALSE(events.empty());

@@ -680,3 +680,18 @@ TEST(TorchCheckpoint, StorageOffsetsAndStrides) {
     }
   }
 }
+
+// An empty tensor (a dimension 0) at a storage offset past the end used to pass the bounds
+// check, and the loader then formed a pointer from the offset.
+TEST(TorchCheckpoint, EmptyTensorPastItsStorageIsAnError) {
+  const Scratch dir("views-empty");
+  const int64_t numel = 8;
+  write_file(dir.path() + "/consolidated.00.pt",
+             make_zip({{"m/data.pkl", views_pickle({{"norm.weight", 1 << 30, {0, 2}, {2, 1}}}, numel)},
+                       {"m/data/0", std::string(numel * 4, '\0')},
+                       {"m/version", "3\n"}},
+                      true));
+  write_file(dir.path() + "/params.json", mx::test::read_file(tiny("pth/params.json")));
+  expect_error([&] { mx::load_torch_checkpoint(dir.path(), {}); },
+               {dir.path() + "/consolidated.00.pt", "extends past the end of storage '0'"});
+}

@@ -52,7 +52,10 @@ int run(ChatArgs& a) {
     messages.push_back({"user", line});
     std::vector<int> full = encode_chat(tok, messages);
     // Each segment is encoded on its own, so earlier turns' tokens are a prefix of the new ones.
-    const bool prefix = full.size() > in_cache.size() && std::equal(in_cache.begin(), in_cache.end(), full.begin());
+    // An empty cache (first turn, /reset, resync) is no prefix: the slot must start fresh, or
+    // after /reset the new turn was appended to the old conversation's K/V.
+    const bool prefix = !in_cache.empty() && full.size() > in_cache.size() &&
+                        std::equal(in_cache.begin(), in_cache.end(), full.begin());
     if (static_cast<int>(full.size()) >= ctx) {
       std::fprintf(stderr, "chat: the conversation (%zu tokens) no longer fits the context of %d; /reset to start over\n",
                    full.size(), ctx);

@@ -237,6 +237,9 @@ GgufFile GgufFile::open(const std::string& path) {
   g.keys.reserve(static_cast<size_t>(n_kv));
   for (uint64_t k = 0; k < n_kv; ++k) {
     const std::string key = r.read_string("metadata key #" + std::to_string(k));
+    if (key.size() > kMaxTensorNameBytes)
+      fail(path + ": metadata key #" + std::to_string(k) + " is " + std::to_string(key.size()) +
+           " bytes long, more than the " + std::to_string(kMaxTensorNameBytes) + " allowed");
     const std::string what = "metadata '" + key + "'";
     const uint32_t type = r.read<uint32_t>(what + " (type)");
     if (!known_value_type(type))
@@ -258,6 +261,9 @@ GgufFile GgufFile::open(const std::string& path) {
   for (uint64_t k = 0; k < n_tensors; ++k) {
     GgufTensorInfo t;
     t.name = r.read_string("name of tensor #" + std::to_string(k));
+    if (t.name.size() > kMaxTensorNameBytes)
+      fail(path + ": name of tensor #" + std::to_string(k) + " is " + std::to_string(t.name.size()) +
+           " bytes long, more than the " + std::to_string(kMaxTensorNameBytes) + " allowed");
     const std::string what = "tensor '" + t.name + "'";
     const uint32_t n_dims = r.read<uint32_t>(what + " (n_dims)");
     if (n_dims < 1 || n_dims > kMaxDims)
@@ -300,8 +306,9 @@ GgufFile GgufFile::open(const std::string& path) {
   const uint64_t end_of_infos = r.pos();
   g.data_offset = (end_of_infos + g.alignment - 1) / g.alignment * g.alignment;
   const uint64_t size = g.file->size();
+  // Zero-byte tensors too: tensor() forms a pointer from the offset, which must stay inside
+  // the mapping whatever the tensor's size.
   for (const GgufTensorInfo& t : g.tensor_infos) {
-    if (t.nbytes == 0) continue;
     if (g.data_offset > size || t.offset > size - g.data_offset ||
         t.nbytes > size - g.data_offset - t.offset)
       fail(path + ": tensor '" + t.name + "' data [" + std::to_string(g.data_offset + t.offset) +
@@ -449,6 +456,10 @@ Tensor GgufFile::tensor(const std::string& name) const {
     fail(path + ": tensor '" + name + "' has ggml type " + t->type_name +
          ", which this engine does not support (supported: f32, f16, bf16, q8_0, q4_0, q4_1, "
          "q5_0, q5_1, q4_K, q5_K, q6_K)");
+  // open() checked this range; checked again so no pointer is ever formed outside the map.
+  if (data_offset > file->size() || t->offset > file->size() - data_offset ||
+      t->nbytes > file->size() - data_offset - t->offset)
+    fail(path + ": tensor '" + name + "' data lies outside the file");
   Tensor out;
   out.dtype = t->dtype;
   out.shape = t->shape;

@@ -7,6 +7,14 @@
 
 namespace mx {
 
+// Every loader opens its input through these. O_NONBLOCK keeps open() from waiting for a
+// writer when the path is a FIFO; anything but a regular file (FIFO, socket, device,
+// directory) is then refused with "<path>: not a regular file".
+// Returns an O_RDONLY|O_CLOEXEC descriptor the caller closes; *size_out gets the file size.
+int open_regular_file(const std::string& path, uint64_t* size_out);
+// The whole file, refused when larger than `max_bytes` (configs and manifests are small).
+std::string read_regular_file(const std::string& path, uint64_t max_bytes);
+
 class MappedFile {
  public:
   // Throws mx::Error naming the path when it cannot be opened or mapped.

@@ -3,9 +3,29 @@
 // format itself defines one (rope_theta 1e6 for Mixtral when absent).
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace mx {
+
+// Accepted values of the integer fields. Readers check a value against its range as a 64-bit
+// number before narrowing it to int, and validate() checks them again whatever the source;
+// the bounds are far above any released model but keep every product of them in int64.
+struct IntRange {
+  int64_t lo, hi;
+};
+namespace config_range {
+inline constexpr IntRange kDim{1, int64_t{1} << 17};
+inline constexpr IntRange kLayers{1, 4096};
+inline constexpr IntRange kHeads{1, 4096};
+inline constexpr IntRange kHeadDim{1, 4096};
+inline constexpr IntRange kFfnDim{1, int64_t{1} << 20};
+inline constexpr IntRange kExperts{1, 1024};
+inline constexpr IntRange kVocab{1, int64_t{1} << 24};
+inline constexpr IntRange kSlidingWindow{0, INT32_MAX};
+inline constexpr IntRange kSeqLen{1, INT32_MAX};
+inline constexpr IntRange kTokenId{-1, int64_t{1} << 24};
+}  // namespace config_range
 
 struct ModelConfig {
   int dim = 0;          // hidden size
@@ -30,6 +50,7 @@ struct ModelConfig {
 };
 
 std::string to_json_string(const ModelConfig& c);
-ModelConfig config_from_json_string(const std::string& s, const std::string& source);
+// The object to_json_string writes (the cache manifest's "config"); throws naming `source`.
+ModelConfig config_from_json(const nlohmann::json& j, const std::string& source);
 
 }  // namespace mx

@@ -385,7 +385,8 @@ class Unpickler {
       if (numel > (__int128{1} << 62) || last > (__int128{1} << 62))
         err("_rebuild_tensor_v2: tensor too large");
     }
-    if (numel > 0 && last >= t.storage.numel)
+    // Empty tensors too: the loader forms base + offset, which must stay inside the storage.
+    if ((numel > 0 && last >= t.storage.numel) || t.offset > t.storage.numel)
       err("_rebuild_tensor_v2: tensor extends past the end of storage '" + t.storage.key + "'");
     return v;
   }

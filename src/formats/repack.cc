@@ -13,6 +13,7 @@
 #include <set>
 
 #include "formats/error.h"
+#include "formats/mapped_file.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors_writer.h"
 #include "formats/weight_cache.h"
@@ -147,12 +148,13 @@ void fsync_dir(const fs::path& dir) {
 }
 
 bool looks_like_cache(const fs::path& dir) {
-  std::ifstream f(dir / kCacheManifest);
-  if (!f) return false;
-  std::string head(4096, '\0');
-  f.read(head.data(), static_cast<std::streamsize>(head.size()));
-  head.resize(static_cast<size_t>(f.gcount()));
-  return head.find(kCacheFormatName) != std::string::npos;
+  std::string text;
+  try {
+    text = read_regular_file((dir / kCacheManifest).string(), uint64_t{64} << 20);
+  } catch (const Error&) {
+    return false;  // absent, unreadable, or not a regular file: not a cache we may replace
+  }
+  return text.substr(0, 4096).find(kCacheFormatName) != std::string::npos;
 }
 
 // Why an existing cache is not up to date, or "" when it is.
@@ -348,9 +350,7 @@ RepackResult repack(const RepackOptions& o) {
       mf.files.push_back(fe);
     };
     if (!m.tokenizer.model_path.empty()) {
-      std::ifstream f(m.tokenizer.model_path, std::ios::binary);
-      if (!f) fail(m.tokenizer.model_path + ": cannot read the tokenizer to copy it");
-      std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      const std::string bytes = read_regular_file(m.tokenizer.model_path, uint64_t{256} << 20);
       add_small("tokenizer.model", bytes);
       mf.tokenizer_model_file = "tokenizer.model";
     }

@@ -6,10 +6,14 @@
 #include <vector>
 
 #include "formats/error.h"
+#include "formats/json_input.h"
 
 namespace mx {
 
 namespace {
+
+// Mixtral's tensors have at most 3 dimensions; more is a corrupt header, not a model.
+constexpr size_t kMaxDims = 8;
 
 bool st_dtype(const std::string& s, DType* t) {
   static const std::map<std::string, DType> k = {{"F32", DType::F32}, {"F16", DType::F16},
@@ -34,12 +38,8 @@ SafetensorsFile open_safetensors(const std::string& path) {
   if (hlen > size - 8)
     fail(path + ": safetensors header length " + std::to_string(hlen) +
          " is longer than the file (" + std::to_string(size) + " bytes)");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(base + 8, base + 8 + hlen);
-  } catch (const std::exception& e) {
-    fail(path + ": safetensors header is not valid JSON: " + e.what());
-  }
+  const char* header = reinterpret_cast<const char*>(base + 8);
+  const nlohmann::json j = parse_untrusted_json(header, header + hlen, path + ": safetensors header");
   if (!j.is_object()) fail(path + ": safetensors header is not a JSON object");
   const size_t data_start = 8 + hlen;
   const size_t data_size = size - data_start;
@@ -55,6 +55,9 @@ SafetensorsFile open_safetensors(const std::string& path) {
           if (mv.is_string()) st.metadata[k] = mv.get<std::string>();
       continue;
     }
+    if (name.size() > kMaxTensorNameBytes)
+      fail(path + ": a tensor name is " + std::to_string(name.size()) + " bytes long, more than the " +
+           std::to_string(kMaxTensorNameBytes) + " allowed (it starts " + json_excerpt(name) + ")");
     const std::string where = path + ": tensor " + name;
     if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") ||
         !v.contains("data_offsets"))
@@ -62,12 +65,14 @@ SafetensorsFile open_safetensors(const std::string& path) {
     Tensor t;
     t.name = name;
     if (!v["dtype"].is_string() || !st_dtype(v["dtype"].get<std::string>(), &t.dtype))
-      fail(where + ": unsupported dtype " + v["dtype"].dump());
+      fail(where + ": unsupported dtype " + json_excerpt(v["dtype"]));
     const auto& shp = v["shape"];
     const auto& off = v["data_offsets"];
-    if (!shp.is_array()) fail(where + ": shape is not a list");
+    if (!shp.is_array() || shp.size() > kMaxDims)
+      fail(where + ": shape must be a list of at most " + std::to_string(kMaxDims) + " sizes, not " +
+           json_excerpt(shp));
     for (const auto& d : shp) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) fail(where + ": bad dimension " + d.dump());
+      if (!d.is_number_integer() || d.get<int64_t>() < 0) fail(where + ": bad dimension " + json_excerpt(d));
       t.shape.push_back(d.get<int64_t>());
     }
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||

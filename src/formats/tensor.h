@@ -10,6 +10,10 @@
 
 namespace mx {
 
+// Longest tensor name (or GGUF metadata key) a loader accepts. Real names are under 100 bytes;
+// the bound keeps names short enough to quote whole in error messages.
+constexpr size_t kMaxTensorNameBytes = 1024;
+
 struct Tensor {
   DType dtype = DType::F32;
   std::vector<int64_t> shape;  // outermost first

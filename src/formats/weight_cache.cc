@@ -1,6 +1,7 @@
 #include "formats/weight_cache.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -8,12 +9,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "formats/error.h"
+#include "formats/json_input.h"
+#include "formats/mapped_file.h"
 #include "formats/safetensors_writer.h"
 
 namespace fs = std::filesystem;
@@ -59,11 +60,18 @@ SourceFileStamp stamp(const fs::path& p, const std::string& name) {
   s.name = name;
   s.size = static_cast<uint64_t>(st.st_size);
   s.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-  std::ifstream f(p, std::ios::binary);
-  if (!f) fail(p.string() + ": cannot open");
-  std::vector<char> head(std::min<uint64_t>(s.size, uint64_t{1} << 20));
-  f.read(head.data(), static_cast<std::streamsize>(head.size()));
-  s.head_hash = Hash64::of(head.data(), static_cast<size_t>(f.gcount()));
+  uint64_t size = 0;
+  const int fd = open_regular_file(p.string(), &size);  // a FIFO must not block the stamp
+  std::vector<char> head(std::min<uint64_t>(size, uint64_t{1} << 20));
+  size_t got = 0;
+  while (got < head.size()) {
+    const ssize_t n = ::read(fd, head.data() + got, head.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  s.head_hash = Hash64::of(head.data(), got);
   return s;
 }
 
@@ -198,12 +206,7 @@ struct Reader {
 }  // namespace
 
 CacheManifest parse_cache_manifest(const std::string& text, const std::string& path) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const std::exception& e) {
-    fail(path + ": not valid JSON: " + e.what());
-  }
+  const json j = parse_untrusted_json(text, path);
   if (!j.is_object()) fail(path + ": not a JSON object");
   const Reader r{path};
   if (r.str(j, "format") != kCacheFormatName)
@@ -218,7 +221,7 @@ CacheManifest parse_cache_manifest(const std::string& text, const std::string& p
   m.created_by = j.contains("created_by") && j["created_by"].is_string()
                      ? j["created_by"].get<std::string>() : "";
   m.dtype = r.str(j, "dtype");
-  m.config = config_from_json_string(r.field(j, "config", "").dump(), path + " (field 'config')");
+  m.config = config_from_json(r.field(j, "config", ""), path + " (field 'config')");
 
   const json& src = r.field(j, "source", "");
   m.source_path = r.str(src, "path", "source.");
@@ -271,6 +274,9 @@ CacheManifest parse_cache_manifest(const std::string& text, const std::string& p
   std::map<std::string, std::vector<std::pair<uint64_t, const CacheTensorEntry*>>> by_file;
   m.tensors.reserve(tensors.size());
   for (const auto& [name, v] : tensors.items()) {
+    if (name.size() > kMaxTensorNameBytes)
+      fail(path + ": a tensor name is " + std::to_string(name.size()) + " bytes long, more than the " +
+           std::to_string(kMaxTensorNameBytes) + " allowed (it starts " + json_excerpt(name) + ")");
     const std::string w = "tensors." + name + ".";
     const std::string where = path + ": tensor " + name;
     CacheTensorEntry t;
@@ -285,7 +291,7 @@ CacheManifest parse_cache_manifest(const std::string& text, const std::string& p
     if (!shp.is_array() || shp.empty() || shp.size() > 4) fail(where + ": shape must be a list of 1 to 4 sizes");
     uint64_t n = 1;
     for (const auto& d : shp) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) fail(where + ": bad dimension " + d.dump());
+      if (!d.is_number_integer() || d.get<int64_t>() < 0) fail(where + ": bad dimension " + json_excerpt(d));
       const auto dv = d.get<int64_t>();
       if (dv != 0 && n > (uint64_t{1} << 50) / static_cast<uint64_t>(dv))
         fail(where + ": shape is too large");
@@ -351,7 +357,7 @@ CacheManifest parse_cache_manifest(const std::string& text, const std::string& p
       std::vector<std::string> names;
       for (const auto& n : list) {
         if (!n.is_string() || !m.file(n.get<std::string>()))
-          fail(path + ": field 'ranks.files' names " + n.dump() + ", which is not in 'files'");
+          fail(path + ": field 'ranks.files' names " + json_excerpt(n) + ", which is not in 'files'");
         names.push_back(n.get<std::string>());
       }
       m.rank_files.push_back(names);
@@ -362,17 +368,7 @@ CacheManifest parse_cache_manifest(const std::string& text, const std::string& p
 
 namespace {
 
-std::string slurp(const std::string& path, uint64_t limit) {
-  std::error_code ec;
-  const auto size = fs::file_size(path, ec);
-  if (ec) fail(path + ": cannot read: " + ec.message());
-  if (size > limit) fail(path + ": is " + std::to_string(size) + " bytes, too large to be ours");
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail(path + ": cannot open");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+std::string slurp(const std::string& path, uint64_t limit) { return read_regular_file(path, limit); }
 
 }  // namespace
 
@@ -442,12 +438,7 @@ std::string tokenizer_vocab_to_json(const TokenizerSource& t) {
 }
 
 void tokenizer_vocab_from_json(const std::string& text, const std::string& path, TokenizerSource* t) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const std::exception& e) {
-    fail(path + ": not valid JSON: " + e.what());
-  }
+  const json j = parse_untrusted_json(text, path);
   const Reader r{path};
   const json& pieces = r.field(j, "pieces", "");
   const json& scores = r.field(j, "scores", "");
@@ -582,7 +573,11 @@ LoadedModel load_weight_cache(const std::string& dir, const LoadOptions& opts) {
   tok.add_dummy_prefix = mf.add_dummy_prefix;
   tok.chat_template = mf.chat_template;
   const fs::path model_file = fs::path(dir) / "tokenizer.model";
-  if (fs::exists(model_file)) tok.model_path = model_file.string();
+  if (fs::exists(model_file)) {
+    // SentencePiece would block reading a FIFO; refuse anything but a file here.
+    if (!fs::is_regular_file(model_file)) fail(model_file.string() + ": not a regular file");
+    tok.model_path = model_file.string();
+  }
   if (!mf.tokenizer_vocab_file.empty()) {
     const std::string p = (fs::path(dir) / mf.tokenizer_vocab_file).string();
     if (!fs::exists(p)) {
