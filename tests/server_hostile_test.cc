@@ -635,6 +635,8 @@ TEST(ServerHostileParts, HeadParsingAndAccessRules) {
   EXPECT_TRUE(server::host_allowed("10.1.2.3"));
   EXPECT_FALSE(server::host_allowed("evil.example"));
   EXPECT_FALSE(server::host_allowed("localhost.evil.example:80"));
+  EXPECT_TRUE(server::host_allowed("gpu-box:8080", "gpu-box"));
+  EXPECT_FALSE(server::host_allowed("gpu-box:8080", "0.0.0.0"));
   EXPECT_TRUE(server::is_loopback("127.0.0.1"));
   EXPECT_FALSE(server::is_loopback("0.0.0.0"));
 }

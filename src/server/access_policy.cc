@@ -58,10 +58,11 @@ bool key_matches(const std::vector<std::string>& keys, std::string_view given) {
   return any != 0 && !keys.empty();
 }
 
-bool host_allowed(std::string_view host) {
+bool host_allowed(std::string_view host, std::string_view bound_host) {
   if (host.empty()) return true;
   const std::string h = host_name(host);
-  return h == "localhost" || (h.size() > 10 && h.ends_with(".localhost")) || is_ip(h);
+  return h == "localhost" || (h.size() > 10 && h.ends_with(".localhost")) || is_ip(h) ||
+         (!bound_host.empty() && h == host_name(bound_host));
 }
 
 bool origin_allowed(const AccessOptions& o, std::string_view origin) {
@@ -77,7 +78,7 @@ bool is_loopback(std::string_view host) {
 
 std::optional<ApiError> check_access(const AccessOptions& o, const RequestHead& h) {
   const std::string* host = h.find("host");
-  if (o.api_keys.empty() && host && !host_allowed(*host))
+  if (o.api_keys.empty() && host && !host_allowed(*host, o.bound_host))
     return refusal(403, "Host '" + *host + "' is not this server: without an API key only localhost or an IP address is accepted (set --api-key to serve other names)", "Host");
   const std::string* origin = h.find("origin");
   if (origin && !origin_allowed(o, *origin))

@@ -17,6 +17,7 @@ namespace mx::server {
 struct AccessOptions {
   std::vector<std::string> api_keys;      // none: no authentication
   std::vector<std::string> cors_origins;  // "*" allows any origin
+  std::string bound_host;                 // --host: its name is accepted as Host too
 };
 
 // The refusal for this request, or nothing when it may go on. OPTIONS is never asked for a key
@@ -27,8 +28,8 @@ std::optional<ApiError> check_access(const AccessOptions& o, const RequestHead& 
 bool key_matches(const std::vector<std::string>& keys, std::string_view given);
 
 // Without a key, Host must name this machine: an IP literal (a DNS-rebinding page has a name),
-// localhost, or nothing (HTTP/1.0).
-bool host_allowed(std::string_view host);
+// localhost, the name the server was bound to, or nothing (HTTP/1.0).
+bool host_allowed(std::string_view host, std::string_view bound_host = "");
 
 bool origin_allowed(const AccessOptions& o, std::string_view origin);
 

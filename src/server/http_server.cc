@@ -128,6 +128,7 @@ struct HttpServer::Impl {
     if (opt.max_queue <= 0) opt.max_queue = 2 * opt.max_users;
     access.api_keys = opt.api_keys;
     access.cors_origins = opt.cors_origins;
+    access.bound_host = opt.host;
   }
 
   ResponseMeta meta(bool chat) {
