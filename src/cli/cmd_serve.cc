@@ -5,15 +5,18 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <thread>
+#include <vector>
 
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "formats/error.h"
 #include "runtime/scheduler.h"
 #include "runtime/tokenizer.h"
+#include "server/access_policy.h"
 #include "server/engine_loop.h"
 #include "server/http_server.h"
 
@@ -24,8 +27,30 @@ namespace {
 struct ServeArgs {
   EngineOptions engine;
   std::string host = "127.0.0.1";
-  int port = 8080, max_users = 32, context = 0;
+  int port = 8080, max_users = 32, context = 0, max_queue = 0;
+  std::vector<std::string> api_keys, cors_origins;
+  double header_timeout = 10, body_timeout = 60;
 };
+
+// --api-key values, then MIXTRAL_API_KEY's comma-separated ones; empty ones are dropped.
+std::vector<std::string> api_keys(const std::vector<std::string>& flags) {
+  std::vector<std::string> keys;
+  for (const std::string& k : flags)
+    if (!k.empty()) keys.push_back(k);
+  if (const char* env = std::getenv("MIXTRAL_API_KEY")) {
+    std::string all = env;
+    size_t start = 0;
+    while (start <= all.size()) {
+      const size_t comma = std::min(all.find(',', start), all.size());
+      std::string k = all.substr(start, comma - start);
+      while (!k.empty() && (k.back() == ' ' || k.back() == '\t')) k.pop_back();
+      while (!k.empty() && (k.front() == ' ' || k.front() == '\t')) k.erase(0, 1);
+      if (!k.empty()) keys.push_back(k);
+      start = comma + 1;
+    }
+  }
+  return keys;
+}
 
 // A flag, not sigwait: under mpirun, MPI's own threads exist before we could block signals.
 volatile std::sig_atomic_t g_signal = 0;
@@ -42,6 +67,8 @@ std::string model_name(const std::string& path) {
 int run(ServeArgs& a) {
   if (a.port < 0 || a.port > 65535) fail("--port must be in 0..65535 (0: any free port)");
   if (a.max_users < 1) fail("--max-users must be >= 1");
+  if (a.max_queue < 0) fail("--max-queue must be >= 0 (0: twice --max-users)");
+  if (!(a.header_timeout > 0) || !(a.body_timeout > 0)) fail("--header-timeout and --body-timeout must be > 0 seconds");
   // httplib writes with flags 0: a client that hung up must not kill the server with SIGPIPE.
   std::signal(SIGPIPE, SIG_IGN);
   Engine e = open_engine(a.engine);
@@ -59,6 +86,16 @@ int run(ServeArgs& a) {
   o.model_name = model_name(a.engine.model);
   o.context = ctx;
   o.max_users = a.max_users;
+  o.max_queue = a.max_queue;
+  o.api_keys = api_keys(a.api_keys);
+  o.cors_origins = a.cors_origins;
+  o.header_timeout = a.header_timeout;
+  o.body_timeout = a.body_timeout;
+  if (o.api_keys.empty() && !server::is_loopback(a.host))
+    std::fprintf(stderr,
+                 "mixtral serve: warning: listening on %s without an API key: anyone who can reach this port can use "
+                 "the model (set --api-key or MIXTRAL_API_KEY)\n",
+                 a.host.c_str());
   server::HttpServer http(engine, *e.tokenizer, o);
   const int port = http.bind();
   std::signal(SIGINT, on_signal);
@@ -75,6 +112,13 @@ int run(ServeArgs& a) {
   while (g_signal == 0 && listening) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   if (g_signal != 0) std::fprintf(stderr, "mixtral serve: %s, shutting down\n", strsignal(g_signal));
   else std::fprintf(stderr, "mixtral serve: error: the HTTP server stopped accepting connections\n");
+  // Shutdown closes every connection and waits only for bounded work (a forward step, a
+  // tokenization); should anything still hold it, the process exits anyway.
+  std::thread([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    std::fprintf(stderr, "mixtral serve: shutdown is taking too long; exiting now\n");
+    std::_Exit(g_signal != 0 ? 0 : 1);
+  }).detach();
   // Engine first: handlers waiting for tokens get "shutting down" and return, so the HTTP
   // server can join its threads.
   engine.stop();
@@ -93,6 +137,15 @@ Command add_serve(CLI::App& app) {
   sub->add_option("--port", a->port, "TCP port (0: any free port, printed at start)")->default_val(8080);
   sub->add_option("--max-users", a->max_users, "requests generating at once (KV-cache slots)")->default_val(32);
   sub->add_option("--context", a->context, "tokens per request, prompt + max_tokens (default: the model's)");
+  sub->add_option("--max-queue", a->max_queue,
+                  "generation requests that may wait for a slot; more get 429 (default: twice --max-users)");
+  sub->add_option("--api-key", a->api_keys,
+                  "require 'Authorization: Bearer KEY' on /v1 (repeatable; MIXTRAL_API_KEY adds comma-separated keys)");
+  sub->add_option("--cors-origin", a->cors_origins, "let web pages from ORIGIN call the API (repeatable; * for any)");
+  sub->add_option("--header-timeout", a->header_timeout, "seconds a request may take to send its headers")
+      ->default_val(10);
+  sub->add_option("--body-timeout", a->body_timeout, "seconds a request may take to send headers and body")
+      ->default_val(60);
   return {sub, [a] { return run(*a); }};
 }
 

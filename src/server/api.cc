@@ -1,5 +1,6 @@
 #include "server/api.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <limits>
 
@@ -19,7 +20,7 @@ json error_json(const ApiError& e) {
            {{"message", e.what()},
             {"type", e.type},
             {"param", e.param.empty() ? json(nullptr) : json(e.param)},
-            {"code", nullptr}}}};
+            {"code", e.code.empty() ? json(nullptr) : json(e.code)}}}};
 }
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -28,12 +29,31 @@ namespace {
 
 [[noreturn]] void bad(const std::string& param, const std::string& msg) { throw ApiError(400, msg, param); }
 
-json parse_body(const std::string& body) {
+json parse_body(const std::string& body, int context) {
+  // The callback sees every value as it is parsed, so a body of a million tiny values or deep
+  // nesting is refused before its DOM exists; `key` names the field a bad number belongs to.
+  const size_t max_values = max_json_values(context);
+  size_t values = 0;
+  std::string key;
+  auto cb = [&](int depth, json::parse_event_t ev, json& parsed) {
+    if (ev == json::parse_event_t::key && depth == 1) key = parsed.get<std::string>();
+    if (depth > 64) bad(key, "the request JSON is nested more than 64 levels deep");
+    if ((ev == json::parse_event_t::value || ev == json::parse_event_t::object_start ||
+         ev == json::parse_event_t::array_start) && ++values > max_values)
+      bad(key, "the request JSON has more than " + std::to_string(max_values) + " values (in or after '" + key +
+                   "'); nothing that long fits the context of " + std::to_string(context) + " tokens");
+    return true;
+  };
   json j;
   try {
-    j = json::parse(body);
+    j = json::parse(body, cb);
   } catch (const json::parse_error& e) {
     bad("", std::string("invalid JSON in the request body: ") + e.what());
+  } catch (const json::out_of_range& e) {
+    // A number that does not fit a double (1e309) or a 64-bit integer.
+    bad(key, (key.empty() ? std::string("a number") : "'" + key + "'") + " is out of range: " + e.what());
+  } catch (const json::exception& e) {
+    bad(key, std::string("invalid JSON in the request body: ") + e.what());
   }
   if (!j.is_object()) bad("", "the request body must be a JSON object");
   return j;
@@ -114,12 +134,13 @@ void parse_common(const json& j, GenerationRequest& r, int default_max) {
   }
 }
 
-void check_prompt_tokens(const std::vector<int>& p, const Tokenizer& tok, const char* param) {
-  if (p.empty()) bad(param, std::string("'") + param + "' is empty");
-  for (size_t i = 0; i < p.size(); ++i)
-    if (!tok.is_valid(p[i]))
-      bad(param, std::string("'") + param + "' has unknown token id " + std::to_string(p[i]) + " at index " +
-                     std::to_string(i) + " (the vocabulary has " + std::to_string(tok.vocab_size()) + " tokens)");
+// Prompt text that cannot fit whatever its tokens is refused before tokenizing it.
+void check_text_size(size_t bytes, int context, size_t per_token, const char* param) {
+  const size_t most = static_cast<size_t>(context) * per_token;
+  if (bytes > most)
+    bad(param, std::string("'") + param + "' has " + std::to_string(bytes) + " bytes of text, more than " +
+                   std::to_string(context) + " tokens (the context) can hold (at most " + std::to_string(most) +
+                   " bytes)");
 }
 
 // prompt + max_tokens must fit; max_tokens 0 means "the rest of the context".
@@ -139,8 +160,37 @@ void fit_context(GenerationRequest& r, int context, const char* prompt_param) {
 
 }  // namespace
 
-GenerationRequest parse_completion_request(const std::string& body, const Tokenizer& tok, int context) {
-  const json j = parse_body(body);
+size_t max_bytes_per_token(const Tokenizer& tok) {
+  size_t longest = 0;
+  bool byte_fallback = false;
+  for (int id = 0; id < tok.vocab_size(); ++id) {
+    if (tok.byte_value(id) >= 0) {
+      byte_fallback = true;
+      continue;  // "<0x41>" stands for one byte
+    }
+    const std::string p = tok.piece(id);
+    size_t bytes = p.size();
+    for (size_t at = p.find("\u2581"); at != std::string::npos; at = p.find("\u2581", at + 3)) bytes -= 2;  // "▁": one space
+    longest = std::max(longest, bytes);
+  }
+  // Without byte pieces, a run of unknown characters may become one <unk>: no useful bound.
+  return byte_fallback ? std::max<size_t>(longest, 4) : 4096;
+}
+
+size_t max_body_bytes(int context, size_t per_token) {
+  // Text escaped as \u00XX takes 6 bytes a byte; every other JSON value gets 64 bytes.
+  const size_t need = 6 * static_cast<size_t>(std::max(context, 0)) * per_token + 64 * max_json_values(context) + (64u << 10);
+  return std::clamp<size_t>(need, 1u << 20, 64u << 20);
+}
+
+// A prompt of `context` token ids, or messages of at least a few tokens each, and a few dozen
+// other fields.
+size_t max_json_values(int context) { return 2 * static_cast<size_t>(std::max(context, 0)) + 1024; }
+
+GenerationRequest parse_completion_request(const std::string& body, const Tokenizer& tok, int context,
+                                           size_t per_token) {
+  if (per_token == 0) per_token = max_bytes_per_token(tok);
+  const json j = parse_body(body, context);
   GenerationRequest r;
   parse_common(j, r, 16);  // OpenAI's default for completions
   if (given(j, "echo") && j["echo"] != false) bad("echo", "'echo' is not supported");
@@ -150,6 +200,7 @@ GenerationRequest parse_completion_request(const std::string& body, const Tokeni
   const json& p = j["prompt"];
   auto from_text = [&](const std::string& s) {
     if (s.empty()) bad("prompt", "'prompt' is empty");
+    check_text_size(s.size(), context, per_token, "prompt");
     return tok.encode(s, true);
   };
   if (p.is_string()) {
@@ -157,15 +208,19 @@ GenerationRequest parse_completion_request(const std::string& body, const Tokeni
   } else if (p.is_array() && p.size() == 1 && p[0].is_string()) {
     r.prompt = from_text(p[0].get<std::string>());
   } else if (p.is_array()) {
-    for (const json& t : p) {
+    if (p.empty()) bad("prompt", "'prompt' is empty");
+    for (size_t i = 0; i < p.size(); ++i) {
+      const json& t = p[i];
       if (t.is_string()) bad("prompt", "a list of several prompts is not supported; send one request per prompt");
       if (!t.is_number_integer()) bad("prompt", "'prompt' must be a string or a list of token ids (integers)");
-      // Out-of-range values become an id that check_prompt_tokens reports.
-      const bool fits = t.is_number_unsigned() ? t.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int>::max())
-                                               : t.get<int64_t>() >= std::numeric_limits<int>::min();
-      r.prompt.push_back(fits ? static_cast<int>(t.get<int64_t>()) : -1);
+      // Checked as JSON numbers: any integer, 2^31 or 2^64 - 1 included, is reported as sent.
+      const bool valid = t.is_number_unsigned() ? t.get<uint64_t>() < static_cast<uint64_t>(tok.vocab_size())
+                                                : t.get<int64_t>() >= 0 && t.get<int64_t>() < tok.vocab_size();
+      if (!valid)
+        bad("prompt", "'prompt' has unknown token id " + t.dump() + " at index " + std::to_string(i) +
+                          " (the vocabulary has " + std::to_string(tok.vocab_size()) + " tokens)");
+      r.prompt.push_back(static_cast<int>(t.get<int64_t>()));
     }
-    check_prompt_tokens(r.prompt, tok, "prompt");
   } else {
     bad("prompt", "'prompt' must be a string or a list of token ids");
   }
@@ -173,8 +228,10 @@ GenerationRequest parse_completion_request(const std::string& body, const Tokeni
   return r;
 }
 
-GenerationRequest parse_chat_request(const std::string& body, const Tokenizer& tok, int context) {
-  const json j = parse_body(body);
+GenerationRequest parse_chat_request(const std::string& body, const Tokenizer& tok, int context,
+                                     size_t per_token) {
+  if (per_token == 0) per_token = max_bytes_per_token(tok);
+  const json j = parse_body(body, context);
   GenerationRequest r;
   r.chat = true;
   parse_common(j, r, 0);  // OpenAI's chat default: as long as the context allows
@@ -184,6 +241,7 @@ GenerationRequest parse_chat_request(const std::string& body, const Tokenizer& t
   if (!ms.is_array()) bad("messages", "'messages' must be a list of {role, content} objects");
   if (ms.empty()) bad("messages", "'messages' is empty");
   std::vector<ChatMessage> messages;
+  size_t text_bytes = 0;
   for (size_t i = 0; i < ms.size(); ++i) {
     const std::string where = "messages[" + std::to_string(i) + "]";
     const json& m = ms[i];
@@ -191,6 +249,8 @@ GenerationRequest parse_chat_request(const std::string& body, const Tokenizer& t
     if (!given(m, "role") || !m["role"].is_string()) bad("messages", "'" + where + ".role' must be a string");
     if (!given(m, "content") || !m["content"].is_string())
       bad("messages", "'" + where + ".content' must be a string");
+    text_bytes += m["content"].get_ref<const std::string&>().size();
+    check_text_size(text_bytes, context, per_token, "messages");
     messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
   }
   if (messages.back().role != "user")

@@ -20,6 +20,7 @@ namespace mx::server {
 struct ApiError : std::runtime_error {
   int status;
   std::string type, param;  // param: the offending field, "" for none
+  std::string code;         // OpenAI's error code ("invalid_api_key", ...), "" for null
   ApiError(int status, std::string message, std::string param = "",
            std::string type = "invalid_request_error");
 };
@@ -36,10 +37,27 @@ struct GenerationRequest {
 };
 
 // Throw ApiError (status 400) naming the field for invalid JSON, a missing or ill-typed field,
-// an empty prompt, unknown token ids, n != 1, unsupported options, or a prompt + max_tokens
-// over `context`. Unknown fields are ignored, as OpenAI clients send many optional ones.
-GenerationRequest parse_completion_request(const std::string& body, const Tokenizer& tok, int context);
-GenerationRequest parse_chat_request(const std::string& body, const Tokenizer& tok, int context);
+// a number out of range, an empty prompt, unknown token ids, n != 1, unsupported options, or a
+// prompt + max_tokens over `context`. Unknown fields are ignored, as OpenAI clients send many
+// optional ones.
+//
+// Work stays proportional to the context, not to the body: the JSON may hold at most
+// max_json_values(context) values, nested 64 deep, and prompt text longer than
+// context x max_bytes_per_token (see below; 0: computed from `tok`) is refused before it is
+// tokenized, as it cannot fit whatever its tokens.
+GenerationRequest parse_completion_request(const std::string& body, const Tokenizer& tok, int context,
+                                           size_t max_bytes_per_token = 0);
+GenerationRequest parse_chat_request(const std::string& body, const Tokenizer& tok, int context,
+                                     size_t max_bytes_per_token = 0);
+
+// The most text one token stands for: the longest vocabulary entry with "▁" counted as the one
+// space it is (Mistral: 25 bytes). Exact for a byte-fallback tokenizer with the identity
+// normalizer (Mistral's, and what GGUF vocabularies are loaded with); 4096 without byte pieces.
+size_t max_bytes_per_token(const Tokenizer& tok);
+// The largest body a request that fits `context` can need (every text byte escaped), within
+// [1 MiB, 64 MiB]; bigger bodies are refused on the wire (Mixtral at 32768 tokens: ~9 MiB).
+size_t max_body_bytes(int context, size_t per_token);
+size_t max_json_values(int context);
 
 // What every response and chunk of one request shares.
 struct ResponseMeta {

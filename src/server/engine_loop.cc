@@ -76,9 +76,14 @@ std::shared_ptr<Job> EngineLoop::submit(Request r) {
   return job;
 }
 
-void EngineLoop::cancel(const std::shared_ptr<Job>& job) {
+void EngineLoop::cancel(const std::shared_ptr<Job>& job, bool client_left) {
   std::lock_guard lk(m_);
-  cancels_.push_back(job);
+  if (!client_left && !job->counted_) {
+    // Counted now, before the handler sends its reply (the engine ends the job later).
+    job->counted_ = true;
+    ++stats_.completed;
+  }
+  cancels_.emplace_back(job, client_left);
   cv_.notify_all();
 }
 
@@ -94,12 +99,14 @@ void EngineLoop::stop() {
 EngineStats EngineLoop::stats() const {
   std::lock_guard lk(m_);
   EngineStats s = stats_;
-  s.waiting = static_cast<int>(incoming_.size());
+  s.waiting += static_cast<int>(incoming_.size());
   return s;
 }
 
-void EngineLoop::count_end(bool cancelled) {
+void EngineLoop::count_end(Job& job, bool cancelled) {
   std::lock_guard lk(m_);
+  if (job.counted_) return;
+  job.counted_ = true;
   ++stats_.completed;
   if (cancelled) ++stats_.cancelled;
 }
@@ -116,7 +123,7 @@ int EngineLoop::admit(std::vector<std::shared_ptr<Job>>& in) {
       jobs_[id] = job;
     } catch (const std::exception& e) {
       // The HTTP layer validates first, so this is a request the scheduler still refuses.
-      count_end();
+      count_end(*job);
       job->end(FinishReason::None, e.what(), 400);
       ++refused;
     }
@@ -147,17 +154,17 @@ void EngineLoop::run() {
     cv_.wait(lk, [&] { return stopping_ || !incoming_.empty() || !cancels_.empty() || sched_->busy(); });
     if (stopping_) break;
     std::vector<std::shared_ptr<Job>> in(incoming_.begin(), incoming_.end());
-    std::vector<std::shared_ptr<Job>> cancels(cancels_.begin(), cancels_.end());
+    std::vector<std::pair<std::shared_ptr<Job>, bool>> cancels(cancels_.begin(), cancels_.end());
     incoming_.clear();
     cancels_.clear();
     lk.unlock();
 
     admit(in);
-    for (auto& job : cancels) {
+    for (auto& [job, client_left] : cancels) {
       auto it = job->user_ >= 0 ? jobs_.find(job->user_) : jobs_.end();
       if (it == jobs_.end()) continue;  // already finished
       sched_->cancel(job->user_);
-      count_end(true);
+      count_end(*job, client_left);
       job->end(FinishReason::Cancelled);
       jobs_.erase(it);
     }
@@ -165,7 +172,7 @@ void EngineLoop::run() {
       try {
         sched_->step([&](int id, int token) { jobs_.at(id)->push(token); },
                      [&](int id) {
-                       count_end();
+                       count_end(*jobs_.at(id));
                        jobs_.at(id)->end(sched_->user(id).finish);
                        jobs_.erase(id);
                      });
@@ -174,7 +181,7 @@ void EngineLoop::run() {
         std::fprintf(stderr, "mixtral serve: a forward step failed: %s\n", e.what());
         for (auto& [id, job] : jobs_) {
           sched_->cancel(id);
-          count_end();
+          count_end(*job);
           job->end(FinishReason::None, std::string("the engine failed: ") + e.what(), 500);
         }
         jobs_.clear();
@@ -182,13 +189,16 @@ void EngineLoop::run() {
     }
     if (!sched_->busy() && sched_->n_users() >= kRenewAfterUsers) sched_.emplace(forward_, vocab_, eos_id_, context_, opt_);
 
+    int in_slots = 0;
+    for (const auto& [id, job] : jobs_) in_slots += sched_->user(id).slot >= 0 ? 1 : 0;
     lk.lock();
-    stats_.running = static_cast<int>(jobs_.size());
+    stats_.running = in_slots;
+    stats_.waiting = static_cast<int>(jobs_.size()) - in_slots;
   }
   lk.unlock();
   end_all("the server is shutting down", 503);
   lk.lock();
-  stats_.running = 0;
+  stats_.running = stats_.waiting = 0;
 }
 
 namespace {

@@ -47,13 +47,14 @@ class Job {
   int error_status_ = 0;
   Request req_;
   int user_ = -1;  // scheduler user id once admitted (engine thread only)
+  bool counted_ = false;  // in EngineStats::completed (guarded by the EngineLoop's mutex)
 };
 
 struct EngineStats {
-  int running = 0;   // requests in the scheduler (queued there or in a slot)
-  int waiting = 0;   // handed in, not yet seen by the engine thread
-  int64_t completed = 0;  // finished, cancelled or failed
-  int64_t cancelled = 0;  // by cancel(): the client left or a stop string matched
+  int running = 0;   // requests holding a KV-cache slot
+  int waiting = 0;   // requests handed in that have no slot yet
+  int64_t completed = 0;  // finished (EOS, length, stop string), cancelled or failed
+  int64_t cancelled = 0;  // by cancel(job, true): the client left
 };
 
 class EngineLoop {
@@ -66,7 +67,8 @@ class EngineLoop {
   // Never blocks on the model. After stop() the job ends at once with a 503 error.
   std::shared_ptr<Job> submit(Request r);
   // Ends the request at the next step boundary (or before it starts) and frees its slot.
-  void cancel(const std::shared_ptr<Job>& job);
+  // `client_left` counts it as cancelled; a stop string that matched ends it as completed.
+  void cancel(const std::shared_ptr<Job>& job, bool client_left = true);
   // Cancels every request (they end with a 503 "shutting down" error) and joins the thread.
   void stop();
   EngineStats stats() const;
@@ -76,8 +78,8 @@ class EngineLoop {
   int admit(std::vector<std::shared_ptr<Job>>& in);  // returns how many were refused
   void end_all(const std::string& error, int status);
   // Counts a request as completed (and cancelled) before its reply goes out, so /health never
-  // lags a response the client already has.
-  void count_end(bool cancelled = false);
+  // lags a response the client already has; once per job.
+  void count_end(Job& job, bool cancelled = false);
 
   Scheduler::ForwardFn forward_;
   int vocab_, eos_id_, context_;
@@ -87,7 +89,8 @@ class EngineLoop {
 
   mutable std::mutex m_;
   std::condition_variable cv_;
-  std::deque<std::shared_ptr<Job>> incoming_, cancels_;
+  std::deque<std::shared_ptr<Job>> incoming_;
+  std::deque<std::pair<std::shared_ptr<Job>, bool>> cancels_;  // (job, client_left)
   bool stopping_ = false;
   EngineStats stats_;
   std::thread thread_;

@@ -1,15 +1,23 @@
 #include "server/http_server.h"
 
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <thread>
 
 #include "formats/error.h"
 #include "runtime/tokenizer.h"
+#include "server/access_policy.h"
 #include "server/api.h"
 #include "server/engine_loop.h"
+#include "server/front_door.h"
 #include "server/httplib_abi.h"
 #include "server/text_stream.h"
 
@@ -35,18 +43,93 @@ std::string finish_name(FinishReason r, bool stopped) {
 
 std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
 
+// httplib's request processing, without its accept loop and its per-byte read timeouts: the
+// FrontDoor has already read the whole request.
+class RequestProcessor : public httplib::Server {
+ public:
+  using httplib::Server::process_request;
+  // Streamed replies stop when this is invalid, as they would when httplib's listener closes.
+  void set_listening(int fd) { svr_sock_ = fd; }
+};
+
+// A request already in memory; replies go to the socket, each write giving up after
+// `write_seconds` without progress.
+class BufferedStream : public httplib::Stream {
+ public:
+  BufferedStream(Connection& c, double write_seconds) : c_(c), write_ms_(static_cast<int>(write_seconds * 1000)) {}
+  bool is_readable() const override { return pos_ < c_.request_end; }
+  bool is_writable() const override {
+    pollfd p{c_.fd, POLLOUT, 0};
+    return ::poll(&p, 1, write_ms_) > 0 && !(p.revents & (POLLERR | POLLHUP));
+  }
+  ssize_t read(char* ptr, size_t size) override {
+    const size_t n = std::min(size, c_.request_end - pos_);
+    std::memcpy(ptr, c_.in.data() + pos_, n);
+    pos_ += n;
+    if (pos_ == c_.request_end && c_.request_end > (1u << 20)) {
+      // httplib has its own copy of a big body now; ours goes before the handler runs.
+      c_.in.erase(0, c_.request_end);
+      c_.in.shrink_to_fit();
+      c_.request_end = pos_ = 0;
+    }
+    return static_cast<ssize_t>(n);
+  }
+  ssize_t write(const char* ptr, size_t size) override {
+    while (true) {
+      const ssize_t n = ::send(c_.fd, ptr, size, MSG_NOSIGNAL);
+      if (n > 0) return n;
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        pollfd p{c_.fd, POLLOUT, 0};
+        if (::poll(&p, 1, write_ms_) > 0 && !(p.revents & (POLLERR | POLLHUP | POLLNVAL))) continue;
+      }
+      return -1;  // never 0: httplib's write loop would spin
+    }
+  }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override {
+    ip = c_.remote_ip;
+    port = c_.remote_port;
+  }
+  void get_local_ip_and_port(std::string& ip, int& port) const override {
+    ip = c_.local_ip;
+    port = c_.local_port;
+  }
+  socket_t socket() const override { return c_.fd; }
+
+ private:
+  Connection& c_;
+  int write_ms_;
+  size_t pos_ = 0;
+};
+
+// Counts the generation requests a handler holds (parsing, queued, running, streaming).
+struct Admission {
+  std::atomic<int>& n;
+  explicit Admission(std::atomic<int>& count) : n(count) { ++n; }
+  ~Admission() { --n; }
+};
+
 }  // namespace
 
 struct HttpServer::Impl {
   EngineLoop& engine;
   const Tokenizer& tok;
   ServerOptions opt;
-  httplib::Server svr;
+  AccessOptions access;
+  size_t per_token;  // max_bytes_per_token(tok), computed once
+  RequestProcessor svr;
+  std::unique_ptr<FrontDoor> door;
+  std::atomic<int> generating{0};
   std::atomic<uint64_t> next_id{0};
-  std::atomic<bool> listen_called{false}, listen_done{false}, stopped{false};
   int64_t started = std::time(nullptr);
 
-  Impl(EngineLoop& e, const Tokenizer& t, ServerOptions o) : engine(e), tok(t), opt(std::move(o)) {}
+  Impl(EngineLoop& e, const Tokenizer& t, ServerOptions o)
+      : engine(e), tok(t), opt(std::move(o)), per_token(max_bytes_per_token(t)) {
+    if (opt.max_queue <= 0) opt.max_queue = 2 * opt.max_users;
+    access.api_keys = opt.api_keys;
+    access.cors_origins = opt.cors_origins;
+    access.bound_host = opt.host;
+  }
 
   ResponseMeta meta(bool chat) {
     char id[48];
@@ -56,9 +139,21 @@ struct HttpServer::Impl {
   }
 
   void generate(const httplib::Request& req, httplib::Response& res, bool chat) {
+    // Bounded before any work: a request over the queue bound costs nothing but this reply.
+    Admission held(generating);
+    if (held.n > opt.max_users + opt.max_queue) {
+      ApiError e(429, "the server has " + std::to_string(opt.max_users) + " requests generating and " +
+                          std::to_string(opt.max_queue) + " waiting; retry later",
+                 "", "requests");
+      e.code = "rate_limit_exceeded";
+      res.set_header("Retry-After", "1");
+      send_error(res, e);
+      return;
+    }
     GenerationRequest g;
     try {
-      g = chat ? parse_chat_request(req.body, tok, opt.context) : parse_completion_request(req.body, tok, opt.context);
+      g = chat ? parse_chat_request(req.body, tok, opt.context, per_token)
+               : parse_completion_request(req.body, tok, opt.context, per_token);
     } catch (const ApiError& e) {
       send_error(res, e);
       return;
@@ -82,7 +177,7 @@ struct HttpServer::Impl {
       job->wait(tokens, kPing);
       text += ts.push(tokens);
       if (ts.stopped()) {
-        engine.cancel(job);
+        engine.cancel(job, false);
         break;
       }
       if (job->done()) break;
@@ -106,9 +201,11 @@ struct HttpServer::Impl {
     EngineLoop* eng = &engine;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
+    // The provider runs after the handler returns, so it holds the admission itself.
+    auto held = std::make_shared<Admission>(generating);
     res.set_chunked_content_provider(
         "text/event-stream",
-        [eng, job, ts, m, include_usage, prompt_tokens](size_t, httplib::DataSink& sink) {
+        [eng, job, ts, m, include_usage, prompt_tokens, held](size_t, httplib::DataSink& sink) {
           auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
           auto leave = [&] {
             eng->cancel(job);
@@ -122,7 +219,7 @@ struct HttpServer::Impl {
             const std::string piece = ts->push(tokens);
             if (!piece.empty() && !write(sse(chunk_json(m, piece, "", false)))) return leave();
             if (ts->stopped()) {
-              eng->cancel(job);
+              eng->cancel(job, false);
               break;
             }
             if (job->done()) break;
@@ -146,24 +243,57 @@ struct HttpServer::Impl {
         });
   }
 
-  void models(httplib::Response& res) {
-    const json body = {{"object", "list"},
-                       {"data", json::array({{{"id", opt.model_name},
-                                              {"object", "model"},
-                                              {"created", started},
-                                              {"owned_by", "mixtral"}}})}};
-    res.set_content(dump(body), "application/json");
+  json model_json() const {
+    return {{"id", opt.model_name}, {"object", "model"}, {"created", started}, {"owned_by", "mixtral"}};
   }
 
-  void health(httplib::Response& res) {
+  void models(httplib::Response& res) {
+    res.set_content(dump(json{{"object", "list"}, {"data", json::array({model_json()})}}), "application/json");
+  }
+
+  void model(const std::string& id, httplib::Response& res) {
+    if (id != opt.model_name) {
+      ApiError e(404, "The model '" + id + "' does not exist; this server has '" + opt.model_name + "'", "model");
+      e.code = "model_not_found";
+      send_error(res, e);
+      return;
+    }
+    res.set_content(dump(model_json()), "application/json");
+  }
+
+  std::string health_body() const {
     const EngineStats s = engine.stats();
-    const json body = {{"status", "ok"},
-                       {"running", s.running},
-                       {"waiting", s.waiting},
-                       {"completed", s.completed},
-                       {"cancelled", s.cancelled},
-                       {"max_users", opt.max_users}};
-    res.set_content(dump(body), "application/json");
+    return dump(json{{"status", "ok"},
+                     {"running", s.running},
+                     {"waiting", s.waiting},
+                     {"completed", s.completed},
+                     {"cancelled", s.cancelled},
+                     {"max_users", opt.max_users},
+                     {"max_queue", opt.max_queue}});
+  }
+
+  // On the FrontDoor's thread, before the body is read: refusals, CORS preflights and /health.
+  std::optional<Reply> early(const RequestHead& h) {
+    Reply r;
+    if (std::optional<ApiError> e = check_access(access, h)) {
+      r.status = e->status;
+      r.body = dump(error_json(*e));
+      r.close = true;
+      if (e->status == 401) r.headers.push_back({"WWW-Authenticate", "Bearer"});
+      return r;
+    }
+    if (h.method == "OPTIONS" && h.find("origin") && h.find("access-control-request-method")) {
+      r.status = 204;
+      r.headers = cors_headers(access, h, true);
+      return r;
+    }
+    if (h.method == "GET" && h.path == "/health") {
+      // Answered here, never queued behind requests that hold workers.
+      r.body = health_body();
+      r.headers = cors_headers(access, h, false);
+      return r;
+    }
+    return std::nullopt;
   }
 
   void routes() {
@@ -194,18 +324,26 @@ struct HttpServer::Impl {
     post_only("/v1/completions", [this](const httplib::Request& q, httplib::Response& s) { generate(q, s, false); });
     post_only("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& s) { generate(q, s, true); });
     get_only("/v1/models", [this](const httplib::Request&, httplib::Response& s) { models(s); });
-    get_only("/health", [this](const httplib::Request&, httplib::Response& s) { health(s); });
+    get_only(R"(/v1/models/(.+))", [this](const httplib::Request& q, httplib::Response& s) { model(q.matches[1], s); });
+    get_only("/health", [this](const httplib::Request&, httplib::Response& s) {
+      s.set_content(health_body(), "application/json");
+    });
+
+    // Requests from an allowed browser origin (the FrontDoor refused the others) may read replies.
+    svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      RequestHead h;
+      if (req.has_header("Origin")) h.headers.push_back({"origin", req.get_header_value("Origin")});
+      for (const Header& x : cors_headers(access, h, false)) res.set_header(x.name.c_str(), x.value);
+      return httplib::Server::HandlerResponse::Unhandled;
+    });
 
     // Errors httplib produces itself (no route, bad request line, body too large) get the
     // same JSON error object; our own errors already have a body.
     svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
       std::string msg = res.status == 404 ? "unknown endpoint: " + req.method + " " + req.path
-                        : res.status == 413 ? "the request body is too large (64 MiB at most)"
+                        : res.status == 413 ? "the request body is too large"
                                             : "HTTP error " + std::to_string(res.status);
-      // httplib caps form-encoded bodies (curl -d without a Content-Type) at 8 KiB.
-      if (res.status == 413 && req.get_header_value("Content-Type").find("x-www-form-urlencoded") != std::string::npos)
-        msg = "a form-encoded request body is limited to 8192 bytes; send it with Content-Type: application/json";
       res.set_content(dump(error_json(ApiError(res.status, msg))), "application/json");
       return httplib::Server::HandlerResponse::Handled;
     }));
@@ -227,41 +365,51 @@ struct HttpServer::Impl {
 
 HttpServer::HttpServer(EngineLoop& engine, const Tokenizer& tok, ServerOptions o)
     : impl_(std::make_unique<Impl>(engine, tok, std::move(o))) {
-  // Every streaming or waiting request holds a handler thread, so there are more threads than
-  // slots: requests beyond the slots wait in the scheduler's queue, and /health still answers.
-  const size_t threads = static_cast<size_t>(std::max(8, 2 * impl_->opt.max_users + 4));
-  impl_->svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  impl_->svr.set_payload_max_length(64u << 20);
-  impl_->svr.set_keep_alive_timeout(2);
-  impl_->routes();
+  Impl& m = *impl_;
+  const size_t max_body = max_body_bytes(m.opt.context, m.per_token);
+  m.svr.set_payload_max_length(max_body);
+  m.routes();
+  FrontDoorOptions f;
+  f.host = m.opt.host;
+  f.port = m.opt.port;
+  f.head_seconds = m.opt.header_timeout;
+  f.body_seconds = m.opt.body_timeout;
+  f.max_body = max_body;
+  f.max_body_why = " (the most a request that fits the context of " + std::to_string(m.opt.context) + " tokens can need)";
+  // Every generation request (running, queued or streaming) holds a worker, up to the 429
+  // bound; the spare ones serve everything else.
+  const int generation = m.opt.max_users + m.opt.max_queue;
+  f.workers = generation + 4;
+  f.max_pending = std::max(64, generation);
+  f.backlog = std::max(512, 4 * generation);
+  // httplib refuses sockets >= FD_SETSIZE (it may use select), so connections stay below it.
+  rlimit nofile{};
+  ::getrlimit(RLIMIT_NOFILE, &nofile);
+  f.max_connections = static_cast<int>(std::min<rlim_t>(FD_SETSIZE - 124, nofile.rlim_cur > 200 ? nofile.rlim_cur - 124 : 76));
+  m.door = std::make_unique<FrontDoor>(
+      f, [&m](const RequestHead& h) { return m.early(h); },
+      [&m, write_s = f.write_seconds](Connection& c, bool close) {
+        BufferedStream strm(c, write_s);
+        bool closed = false;
+        const bool ok = m.svr.process_request(strm, close, closed, nullptr);
+        return ok && !closed && !close;
+      },
+      [](const std::string& line) { std::fprintf(stderr, "mixtral serve: %s\n", line.c_str()); });
 }
 
 HttpServer::~HttpServer() = default;
 
 int HttpServer::bind() {
-  const ServerOptions& o = impl_->opt;
-  if (o.port == 0) {
-    const int port = impl_->svr.bind_to_any_port(o.host);
-    if (port <= 0) fail("cannot listen on " + o.host + " (any port)");
-    return port;
-  }
-  if (!impl_->svr.bind_to_port(o.host, o.port))
-    fail("cannot listen on " + o.host + ":" + std::to_string(o.port) + " (in use, or not an address of this host)");
-  return o.port;
+  const int port = impl_->door->bind();
+  impl_->svr.set_listening(impl_->door->listen_fd());
+  return port;
 }
 
-void HttpServer::listen() {
-  impl_->listen_called = true;
-  if (!impl_->stopped) impl_->svr.listen_after_bind();
-  impl_->listen_done = true;
-}
+void HttpServer::listen() { impl_->door->run(); }
 
 void HttpServer::stop() {
-  // httplib's stop() does nothing before its loop runs, and must not run twice.
-  if (impl_->stopped.exchange(true)) return;
-  while (impl_->listen_called && !impl_->listen_done && !impl_->svr.is_running())
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  impl_->svr.stop();
+  impl_->svr.set_listening(-1);
+  impl_->door->stop();
 }
 
 }  // namespace mx::server
