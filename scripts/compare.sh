@@ -102,7 +102,11 @@ def llama_bench(f, eng, var, rnd, path):
 def batched(f, eng, var, rnd, path):
     # |    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |      T s |    S t/s |
     # S_TG = B * TG / T_TG: the aggregate decode rate over the batch.
-    for line in open(path, errors="replace"):
+    # ik_llama.cpp prints the table to stderr (LOG_TEE), llama.cpp to stdout: read both.
+    text = open(path, errors="replace").read()
+    if os.path.exists(path + ".err"):
+        text += open(path + ".err", errors="replace").read()
+    for line in text.splitlines():
         cols = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cols) == 10 and re.fullmatch(r"\d+", cols[0]) and int(cols[1]) == gen:
             add(f, eng, var, rnd, "decode b%d" % int(cols[2]), float(cols[7]))
@@ -255,11 +259,13 @@ run_anchor() {  # engine dir file label round
     if [ -x "$dir/llama-batched-bench" ]; then
       # Batch 32 aggregate: 32 sequences of a 32-token prompt (ours: --batch 32 starts each user
       # from 32 tokens), then GEN steps; -npl repeated gives REPS samples in one process.
-      local npl rtrflag=()
+      # ik's common options take -fa 1 and -rtr as a flag; llama.cpp's take -fa as a flag.
+      local npl flags=(-fa)
       npl=$(printf '32,%.0s' $(seq "$REPS")); npl=${npl%,}
-      [ "$v" = rtr1 ] && rtrflag=(-rtr)
-      run "$l" "$eng" "$v" "$r" batched "$p-batched.txt" "$dir/llama-batched-bench" -m "$f" -t "$THREADS" -fa 1 \
-          "${rtrflag[@]}" -c $((32 * (32 + GEN) + 256)) -b 2048 -ub 512 -npp 32 -ntg "$GEN" -npl "$npl"
+      [ "$eng" = ik ] && flags=(-fa 1)
+      [ "$v" = rtr1 ] && flags+=(-rtr)
+      run "$l" "$eng" "$v" "$r" batched "$p-batched.txt" "$dir/llama-batched-bench" -m "$f" -t "$THREADS" \
+          "${flags[@]}" -c $((32 * (32 + GEN) + 256)) -b 2048 -ub 512 -npp 32 -ntg "$GEN" -npl "$npl"
     fi
   done
 }
