@@ -148,6 +148,80 @@ TEST(Cli, BenchJsonSchemaAndErrors) {
   EXPECT_NE(r.err.find("--repeat must be in [1, 100], not 0"), std::string::npos) << r.err;
 }
 
+// `bench --depth`: per depth a prefill figure and decode figures whose roofline counts the KV
+// cache read at that depth; a batch whose cache exceeds the budget is skipped, saying why.
+TEST(Cli, BenchDepthJsonAndSkips) {
+  const std::string model = test::data_path("tiny-mixtral/hf");
+  // Tiny model: 2 layers x 2 KV heads x 16 dims in f16 = 256 bytes per position (K and V).
+  // Depth 40 (46 positions with --gen 4) for 3 users needs 34.5 KiB, depth 64 (70) 52.5 KiB:
+  // a 0.04 MiB (41 KiB) budget fits the first and not the second.
+  auto r = run_cli("bench --model " + model + " --threads 2 --prompt 16 --gen 4 --batch 1,3 --repeat 2"
+                   " --depth 40,64 --kv-budget-mb 0.04 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_DOUBLE_EQ(j["kv_budget_mb"].get<double>(), 0.04);
+  ASSERT_EQ(j["depth"].size(), 2u);
+  const double kv_row = 2 * 2 * 2 * 16 * 2;  // K+V, layers, heads, dims, f16 bytes
+  for (size_t i = 0; i < 2; ++i) {
+    const auto& d = j["depth"][i];
+    const int depth = i == 0 ? 40 : 64;
+    EXPECT_EQ(d["depth"], depth);
+    EXPECT_EQ(d["prefill"]["tokens"], depth);
+    EXPECT_EQ(d["prefill"]["runs"].size(), 2u);
+    EXPECT_GT(d["prefill"]["tokens_per_s"].get<double>(), 0);
+    EXPECT_GT(d["prefill"]["roofline_tokens_per_s"].get<double>(), 0);
+    EXPECT_GT(d["ttft_ms"].get<double>(), 0);
+    ASSERT_EQ(d["decode"].size(), 2u);
+    const auto& b1 = d["decode"][0];
+    EXPECT_EQ(b1["batch"], 1);
+    EXPECT_FALSE(b1.contains("skipped"));
+    EXPECT_EQ(b1["runs"].size(), 2u);
+    EXPECT_GT(b1["tokens_per_s"].get<double>(), 0);
+    EXPECT_GT(b1["roofline_tokens_per_s"].get<double>(), 0);
+    // One token chooses exactly top-k = 2 experts per layer.
+    EXPECT_DOUBLE_EQ(b1["experts_per_layer"].get<double>(), 2.0);
+    // Timed steps read positions depth + 1 .. depth + gen: on average depth + 1.5 + gen / 2 rows.
+    EXPECT_DOUBLE_EQ(b1["kv_bytes_per_step"].get<double>(), kv_row * (depth + 1.5 + 2));
+    EXPECT_GT(b1["bytes_per_step"].get<double>(), b1["kv_bytes_per_step"].get<double>());
+  }
+  // Depth 40 ran 3 users, from copied caches with their own tails: 3x the KV, and their
+  // tokens route to more experts than one user's.
+  const auto& b3 = j["depth"][0]["decode"][1];
+  ASSERT_FALSE(b3.contains("skipped")) << b3;
+  EXPECT_EQ(b3["batch"], 3);
+  EXPECT_DOUBLE_EQ(b3["kv_bytes_per_step"].get<double>(), 3 * kv_row * (40 + 1.5 + 2));
+  EXPECT_GT(b3["experts_per_layer"].get<double>(), 2.0);
+  EXPECT_LE(b3["experts_per_layer"].get<double>(), 6.0);
+  EXPECT_NEAR(b3["tokens_per_s"].get<double>(), 3 * b3["per_user_tokens_per_s"].get<double>(),
+              1e-6 * b3["tokens_per_s"].get<double>());
+  // Depth 64 with 3 users does not fit: skipped with the numbers, and no figures.
+  const auto& s3 = j["depth"][1]["decode"][1];
+  EXPECT_EQ(s3["batch"], 3);
+  EXPECT_FALSE(s3.contains("tokens_per_s"));
+  EXPECT_NE(s3["skipped"].get<std::string>().find("3 users x 70 positions needs 52.5 KiB; the budget is 41.0 KiB (--kv-budget-mb)"),
+            std::string::npos) << s3;
+  // Without --depth the list is empty (the fields above are only there when asked for).
+  r = run_cli("bench --model " + model + " --prompt 8 --gen 2 --batch 1 --repeat 1 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(nlohmann::json::parse(r.out)["depth"].empty());
+  // The text form prints the same figures, one line each.
+  r = run_cli("bench --model " + model + " --prompt 8 --gen 2 --batch 1,3 --repeat 1 --depth 64 --kv-budget-mb 0.04");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("depth 64: prefill 64 tokens (chunks of 512): "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("depth 64: decode batch  1: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("depth 64: decode batch 3: skipped: the KV cache of 3 users x 68 positions needs 51.0 KiB"), std::string::npos) << r.out;
+
+  r = run_cli("bench --model " + model + " --depth 1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--depth 1 must be at least 2"), std::string::npos) << r.err;
+  r = run_cli("bench --model " + model + " --depth 32767 --gen 4");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("fit the model's context of 32768 tokens"), std::string::npos) << r.err;
+  r = run_cli("bench --model " + model + " --depth 4k");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--depth: '4k' is not a number"), std::string::npos) << r.err;
+}
+
 // A q8_0 GGUF interleaved at load (the default) scores exactly as with --no-interleave.
 TEST(Cli, NoInterleaveGivesTheSameQ8Scores) {
   const std::string g = test::data_path("tiny-mixtral/gguf/tiny-mixtral-q8_0.gguf");

@@ -114,6 +114,30 @@ TEST(Model, MixedBatchEqualsEachAlone) {
   }
 }
 
+// bench --depth fills its users' caches by copying one prefilled prefix: a continuation from
+// the copy must score exactly as from the original, and must not write into the original.
+TEST(Model, CopiedPrefixContinuesLikeTheOriginal) {
+  ThreadPool pool(2);
+  auto m = load("mistral", pool);
+  const int V = m->config.vocab;
+  const auto tokens = expected()["cases"][2]["tokens"].get<std::vector<int>>();
+  ASSERT_GT(tokens.size(), 6u);
+  const std::vector<int> prefix(tokens.begin(), tokens.end() - 3), tail(tokens.end() - 3, tokens.end());
+  KvCache kv(m->config.n_layers, m->config.n_kv_heads * m->config.head_dim, 64, DType::F16);
+  forward(*m, kv, {{0, prefix, false, true}}, pool);
+  kv.copy_prefix(0, 1, static_cast<int>(prefix.size()), 40);
+  EXPECT_EQ(kv.length(1), static_cast<int>(prefix.size()));
+  const auto from_copy = forward(*m, kv, {{1, tail, true}}, pool);
+  const auto from_orig = forward(*m, kv, {{0, tail, true}}, pool);
+  ASSERT_EQ(from_copy.size(), 3u * V);
+  for (size_t j = 0; j < from_copy.size(); ++j) ASSERT_EQ(from_copy[j], from_orig[j]) << j;
+  // A shorter copy is a different context, so its continuation differs.
+  kv.copy_prefix(0, 2, static_cast<int>(prefix.size()) - 1, 40);
+  const auto shorter = forward(*m, kv, {{2, tail, true}}, pool);
+  EXPECT_NE(shorter, from_orig);
+  EXPECT_THROW(kv.copy_prefix(0, 3, 60, 40), std::exception);
+}
+
 TEST(Model, UnknownTokenIsAnError) {
   ThreadPool pool(1);
   auto m = load("mistral", pool);

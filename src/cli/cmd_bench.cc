@@ -1,6 +1,8 @@
 // `mixtral bench`: speed figures beside the ceilings measured in the same run.
 #include <cstdio>
 #include <sstream>
+#include <stdexcept>
+#include <vector>
 
 #include "cli/commands.h"
 #include "cli/common.h"
@@ -14,26 +16,38 @@ namespace {
 struct BenchArgs {
   EngineOptions engine;
   int prompt = 512, gen = 128, repeat = 3;
-  std::string batches = "1,8,32";
+  std::string batches = "1,8,32", depths;
+  double kv_budget_mb = 0;
   bool json = false;
 };
+
+// "1,8,32" -> {1, 8, 32}; `what` names the option in the error.
+std::vector<int> parse_list(const std::string& s, const std::string& what) {
+  std::vector<int> v;
+  std::stringstream ss(s);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    try {
+      size_t used = 0;
+      v.push_back(std::stoi(part, &used));
+      if (used != part.size()) throw std::invalid_argument(part);
+    } catch (const std::exception&) {
+      fail(what + ": '" + part + "' is not a number");
+    }
+  }
+  return v;
+}
 
 int run(BenchArgs& a) {
   BenchOptions o;
   o.prompt = a.prompt;
   o.gen = a.gen;
   o.repeat = a.repeat;
-  o.batches.clear();
-  std::stringstream ss(a.batches);
-  std::string part;
-  while (std::getline(ss, part, ',')) {
-    try {
-      o.batches.push_back(std::stoi(part));
-    } catch (const std::exception&) {
-      fail("--batch: '" + part + "' is not a number");
-    }
-  }
+  o.batches = parse_list(a.batches, "--batch");
   if (o.batches.empty()) fail("--batch needs at least one size");
+  o.depths = parse_list(a.depths, "--depth");
+  if (a.kv_budget_mb < 0) fail("--kv-budget-mb must be >= 0");
+  o.kv_budget_bytes = a.kv_budget_mb * 1048576.0;
   Engine e = open_engine(a.engine);
   o.kv_dtype = e.kv_dtype;
   const BenchResult r = run_bench(*e.model, *e.pool, o, [&](const std::string& s) {
@@ -55,6 +69,12 @@ Command add_bench(CLI::App& app) {
   sub->add_option("--repeat", a->repeat,
                   "runs of each figure; the best is reported, as for the ceilings (all are listed)")
       ->default_val(3);
+  sub->add_option("--depth", a->depths,
+                  "comma-separated context depths N: prefill of N tokens, and decode at each --batch size "
+                  "with N tokens in every user's cache");
+  sub->add_option("--kv-budget-mb", a->kv_budget_mb,
+                  "KV cache a depth's decode may take (MiB); a batch needing more is skipped "
+                  "(default: 80% of MemAvailable less the weights)");
   sub->add_flag("--json", a->json, "print one JSON object");
   return {sub, [a] { return run(*a); }};
 }

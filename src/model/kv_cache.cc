@@ -71,6 +71,22 @@ void KvCache::write(int slot, int layer, int pos, const float* k, const float* v
   store_row(dtype_, v, l.v.data() + static_cast<size_t>(pos) * row_bytes_, kv_dim_);
 }
 
+void KvCache::copy_prefix(int from, int to, int n, int capacity) {
+  if (from == to || n > length(from) || n > capacity)
+    fail("copy_prefix: cannot copy " + std::to_string(n) + " positions of slot " + std::to_string(from) +
+         " (holding " + std::to_string(length(from)) + ") to slot " + std::to_string(to));
+  reset(to);
+  reserve(to, capacity);
+  const KvSlot& src = slots_[static_cast<size_t>(from)];
+  KvSlot& dst = slots_[static_cast<size_t>(to)];
+  const size_t bytes = static_cast<size_t>(n) * row_bytes_;
+  for (size_t l = 0; l < dst.layers.size(); ++l) {
+    std::memcpy(dst.layers[l].k.data(), src.layers[l].k.data(), bytes);
+    std::memcpy(dst.layers[l].v.data(), src.layers[l].v.data(), bytes);
+  }
+  dst.length = n;
+}
+
 size_t KvCache::bytes_allocated() const {
   size_t n = 0;
   for (const auto& s : slots_)

@@ -36,6 +36,9 @@ class KvCache {
   // Makes room for positions [0, n); throws mx::Error when n exceeds max_ctx.
   void reserve(int slot, int n);
   void set_length(int slot, int n) { slots_[static_cast<size_t>(slot)].length = n; }
+  // Makes slot `to` hold a copy of the first n positions of slot `from` (its own memory, not
+  // shared), with room for `capacity` positions: a long context without prefilling it again.
+  void copy_prefix(int from, int to, int n, int capacity);
 
   // Writes f32 K/V rows for one position (converted to the cache dtype).
   void write(int slot, int layer, int pos, const float* k, const float* v);

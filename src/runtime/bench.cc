@@ -13,6 +13,7 @@
 #include "kernels/matmul.h"
 #include "kernels/thread_pool.h"
 #include "model/forward.h"
+#include "runtime/demo_limits.h"
 #include "runtime/expert_parallel.h"
 #include "runtime/sampling.h"
 
@@ -80,6 +81,10 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
     fail("--prompt " + std::to_string(o.prompt) + " / --gen " + std::to_string(o.gen) +
          " do not fit the model's context of " + std::to_string(c.max_seq_len) +
          " tokens (prefill needs prompt + 1, decode " + std::to_string(o.decode_prompt) + " + gen + 1)");
+  for (int d : o.depths)
+    if (d < 2 || d + o.gen + 2 > c.max_seq_len)
+      fail("--depth " + std::to_string(d) + " must be at least 2 and, with --gen " + std::to_string(o.gen) +
+           " + 2, fit the model's context of " + std::to_string(c.max_seq_len) + " tokens");
   auto say = [&](const std::string& s) {
     if (progress) progress(s);
   };
@@ -97,6 +102,16 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
   r.bf16_kernel = bf16_gflops_kernel_name();
   const WeightBytes wb = weight_bytes(m);
   r.weight_bytes = wb.total;
+  if (o.kv_budget_bytes > 0) {
+    r.kv_budget_bytes = o.kv_budget_bytes;
+    r.kv_budget_source = "--kv-budget-mb";
+  } else {
+    // Mapped weights count as reclaimable page cache in MemAvailable, yet evicting them would
+    // turn decode into disk reads: they are taken off, with a 20% margin for everything else.
+    std::string src;
+    r.kv_budget_bytes = std::max(0.0, 0.8 * static_cast<double>(available_memory_bytes(&src)) - wb.total);
+    r.kv_budget_source = "80% of " + src + " less the weights; --kv-budget-mb sets it";
+  }
 
   // Count the distinct experts each step runs, per layer, by watching the router's choices.
   double expert_layer_runs = 0;
@@ -112,7 +127,6 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
     ~Restore() { m.experts = inner; }
   } restore{m, inner};
 
-  const int max_batch = *std::max_element(o.batches.begin(), o.batches.end());
   const int ctx = std::max(o.prompt + 2, o.decode_prompt + o.gen + 1);
   KvCache kv(c.n_layers, c.n_kv_heads * c.head_dim, ctx, o.kv_dtype);
   Rng rng(1234, 0);
@@ -157,54 +171,159 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
     r.prefill_roofline_tokens_per_s = peak / r.prefill_ops_per_token;
   }
 
+  // Each user's next token from a step's logits (one row per chunk, in order).
+  auto next_tokens = [&](std::vector<SeqChunk>& batch, const std::vector<float>& lg) {
+    for (size_t u = 0; u < batch.size(); ++u) {
+      batch[u].tokens = {argmax(lg.data() + u * static_cast<size_t>(c.vocab), c.vocab)};
+      batch[u].fresh = false;
+    }
+  };
+  // One run of a decode figure from `batch` (each user's next token): a warm-up step, then
+  // o.gen timed steps.
+  struct Timed {
+    double dt = 0, comm_share = 0, expert_runs = 0;
+  };
+  auto decode_run = [&](KvCache& cache, std::vector<SeqChunk>& batch) {
+    next_tokens(batch, forward(m, cache, batch, pool));  // warm-up step
+    expert_layer_runs = 0;
+    const double comm0 = ep::comm_stats().seconds;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int s = 0; s < o.gen; ++s) next_tokens(batch, forward(m, cache, batch, pool));
+    Timed t;
+    t.dt = seconds_since(t0);
+    t.comm_share = (ep::comm_stats().seconds - comm0) / t.dt;
+    t.expert_runs = expert_layer_runs;
+    return t;
+  };
+  // The figure from the best run; `mean_pos` is each user's mean cache length over the run.
+  auto finish_decode = [&](DecodeFigure& f, const Timed& best, double mean_pos) {
+    const int b = f.batch;
+    f.tokens_per_s = static_cast<double>(b) * o.gen / best.dt;
+    f.per_user_tokens_per_s = o.gen / best.dt;
+    f.comm_share = best.comm_share;
+    f.experts_per_layer = best.expert_runs / (static_cast<double>(o.gen) * c.n_layers);
+    // KV read per step: K and V of every cached position of every user, in every layer.
+    f.kv_bytes_per_step = 2.0 * b * mean_pos * c.n_layers * row_bytes(o.kv_dtype, int64_t{c.n_kv_heads} * c.head_dim);
+    f.bytes_per_step = wb.shared_per_step + f.experts_per_layer * c.n_layers * wb.expert + f.kv_bytes_per_step;
+    f.roofline_tokens_per_s = r.read_gbps * 1e9 / f.bytes_per_step * b;
+  };
+
   for (int b : o.batches) {
     say("decode at batch " + std::to_string(b) + " for " + std::to_string(o.gen) + " steps, " +
         std::to_string(o.repeat) + " runs");
     DecodeFigure f;
-    double best_dt = 0, best_comm = 0, best_runs = 0;
+    f.batch = b;
+    Timed best;
     for (int rep = 0; rep < o.repeat; ++rep) {  // each run starts every user afresh
       std::vector<SeqChunk> batch;
       for (int u = 0; u < b; ++u) batch.push_back({u, random_tokens(o.decode_prompt), false, true});
-      std::vector<float> lg = forward(m, kv, batch, pool);
-      auto next_batch = [&] {
-        for (int u = 0; u < b; ++u) {
-          batch[static_cast<size_t>(u)].tokens = {argmax(lg.data() + static_cast<size_t>(u) * c.vocab, c.vocab)};
-          batch[static_cast<size_t>(u)].fresh = false;
-        }
-      };
-      next_batch();
-      lg = forward(m, kv, batch, pool);  // warm-up step
-      next_batch();
-      expert_layer_runs = 0;
-      const double comm0 = ep::comm_stats().seconds;
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int s = 0; s < o.gen; ++s) {
-        lg = forward(m, kv, batch, pool);
-        next_batch();
-      }
-      const double dt = seconds_since(t0);
-      f.runs.push_back(static_cast<double>(b) * o.gen / dt);
-      if (rep == 0 || dt < best_dt) {
-        best_dt = dt;
-        best_comm = (ep::comm_stats().seconds - comm0) / dt;
-        best_runs = expert_layer_runs;
-      }
+      next_tokens(batch, forward(m, kv, batch, pool));
+      const Timed t = decode_run(kv, batch);
+      f.runs.push_back(static_cast<double>(b) * o.gen / t.dt);
+      if (rep == 0 || t.dt < best.dt) best = t;
     }
-    const double dt = best_dt;
-    f.batch = b;
-    f.tokens_per_s = static_cast<double>(b) * o.gen / dt;
-    f.per_user_tokens_per_s = o.gen / dt;
-    f.comm_share = best_comm;
-    f.experts_per_layer = best_runs / (static_cast<double>(o.gen) * c.n_layers);
-    // KV read per step: each user's cache up to its mean position during the run.
-    const double mean_pos = o.decode_prompt + 1.5 + o.gen / 2.0;
-    const double kv_bytes = 2.0 * b * mean_pos * c.n_layers * row_bytes(o.kv_dtype, int64_t{c.n_kv_heads} * c.head_dim);
-    f.bytes_per_step = wb.shared_per_step + f.experts_per_layer * c.n_layers * wb.expert + kv_bytes;
-    f.roofline_tokens_per_s = r.read_gbps * 1e9 / f.bytes_per_step * b;
+    // Timed steps run at positions decode_prompt + 1 .. decode_prompt + gen.
+    finish_decode(f, best, o.decode_prompt + 1.5 + o.gen / 2.0);
     r.decode.push_back(f);
   }
-  (void)max_batch;
   r.kv_bytes = static_cast<double>(kv.bytes_allocated());
+
+  // Long context. Users beyond the first get their cache by copying the first user's prompt
+  // (less its last `tail` positions) and then prefilling `tail` random tokens of their own, so
+  // their tokens, and the experts those choose, differ as in a real batch. Under MPI the other
+  // ranks hold their own copies of the cache, which rank 0 cannot copy: there every user is
+  // prefilled in full.
+  const bool can_copy = ep::world().size == 1;
+  for (int depth : o.depths) {
+    DepthFigure d;
+    d.depth = depth;
+    const int dctx = depth + o.gen + 2;
+    KvCache dkv(c.n_layers, c.n_kv_heads * c.head_dim, dctx, o.kv_dtype);
+    // The whole context is allocated up front, as the anchors' caches are, so no run pays for
+    // growing it.
+    dkv.reserve(0, dctx);
+    const std::vector<int> prompt = random_tokens(depth);
+    auto prefill = [&](int slot, const std::vector<int>& toks, int n) {
+      dkv.set_length(slot, 0);
+      std::vector<float> lg;
+      for (int at = 0; at < n; at += kDepthChunk)
+        lg = forward(m, dkv, {{slot, std::vector<int>(toks.begin() + at, toks.begin() + std::min(n, at + kDepthChunk)), false, false}}, pool);
+      return lg;
+    };
+    say("depth " + std::to_string(depth) + ": prefill in chunks of " + std::to_string(kDepthChunk) + ", " +
+        std::to_string(o.repeat) + " runs");
+    int first = 0;
+    for (int rep = 0; rep < o.repeat; ++rep) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const std::vector<float> lg = prefill(0, prompt, depth);
+      const double tp = seconds_since(t0);
+      first = argmax(lg.data(), c.vocab);
+      forward(m, dkv, {{0, {first}, false, false}}, pool);
+      const double ttft = seconds_since(t0) * 1e3;
+      d.prefill_runs.push_back(depth / tp);
+      d.prefill_tokens_per_s = std::max(d.prefill_tokens_per_s, depth / tp);
+      if (rep == 0 || ttft < d.ttft_ms) d.ttft_ms = ttft;
+    }
+    const double attn_scores = 2.0 * c.n_heads * c.head_dim * (depth / 2.0) * c.n_layers;
+    d.prefill_ops_per_token = 2.0 * (wb.attn_params + c.top_k * c.n_layers * wb.expert_params + attn_scores);
+    d.prefill_roofline_tokens_per_s = (wb.expert_quantized ? r.int8_gops : r.bf16_gflops) * 1e9 / d.prefill_ops_per_token;
+
+    const int tail = std::min(32, depth - 1);
+    std::vector<int> firsts{first};  // each prepared user's token after its `depth` tokens
+    for (int b : o.batches) {
+      DecodeFigure f;
+      f.batch = b;
+      const double need = static_cast<double>(b) * static_cast<double>(dkv.bytes_per_slot(dctx));
+      if (need > r.kv_budget_bytes) {
+        f.skipped = "the KV cache of " + std::to_string(b) + " users x " + std::to_string(dctx) + " positions needs " +
+                    format_bytes(static_cast<uint64_t>(need)) + "; the budget is " +
+                    format_bytes(static_cast<uint64_t>(r.kv_budget_bytes)) + " (" + r.kv_budget_source + ")";
+        say("depth " + std::to_string(depth) + ": decode at batch " + std::to_string(b) + " skipped: " + f.skipped);
+        d.decode.push_back(f);
+        continue;
+      }
+      if (b > static_cast<int>(firsts.size())) {
+        const int from = static_cast<int>(firsts.size());
+        say("depth " + std::to_string(depth) + ": preparing " + std::to_string(b - from) + " more users' caches");
+        for (int u = from; u < b; ++u) {
+          if (can_copy) {
+            dkv.copy_prefix(0, u, depth - tail, dctx);
+          } else {
+            dkv.reserve(u, dctx);
+            prefill(u, prompt, depth - tail);
+          }
+        }
+        // The tails, as many users per step as fit in one prefill chunk.
+        const int per_step = std::max(1, kDepthChunk / tail);
+        for (int u0 = from; u0 < b; u0 += per_step) {
+          std::vector<SeqChunk> batch;
+          for (int u = u0; u < std::min(b, u0 + per_step); ++u) {
+            const std::vector<int> t = random_tokens(tail + 1);  // drop the BOS it starts with
+            batch.push_back({u, std::vector<int>(t.begin() + 1, t.end()), false, false});
+          }
+          const std::vector<float> lg = forward(m, dkv, batch, pool);
+          for (size_t i = 0; i < batch.size(); ++i) firsts.push_back(argmax(lg.data() + i * static_cast<size_t>(c.vocab), c.vocab));
+        }
+      }
+      say("depth " + std::to_string(depth) + ": decode at batch " + std::to_string(b) + " for " + std::to_string(o.gen) +
+          " steps, " + std::to_string(o.repeat) + " runs");
+      Timed best;
+      for (int rep = 0; rep < o.repeat; ++rep) {  // each run rolls every user back to `depth`
+        std::vector<SeqChunk> batch;
+        for (int u = 0; u < b; ++u) {
+          dkv.set_length(u, depth);
+          batch.push_back({u, {firsts[static_cast<size_t>(u)]}, false, false});
+        }
+        const Timed t = decode_run(dkv, batch);
+        f.runs.push_back(static_cast<double>(b) * o.gen / t.dt);
+        if (rep == 0 || t.dt < best.dt) best = t;
+      }
+      finish_decode(f, best, depth + 1.5 + o.gen / 2.0);
+      d.decode.push_back(f);
+    }
+    r.kv_bytes = std::max(r.kv_bytes, static_cast<double>(kv.bytes_allocated() + dkv.bytes_allocated()));
+    r.depth.push_back(d);
+  }
   r.peak_rss_mb = peak_rss_mb();
   r.ranks = ep::world().size;
   for (const ep::RankStats& rs : ep::gather_rank_stats())
@@ -222,16 +341,35 @@ std::string bench_to_json(const BenchResult& r) {
                   {"roofline_tokens_per_s", r.prefill_roofline_tokens_per_s},
                   {"peak", r.prefill_uses_int8 ? "int8" : "bf16"},
                   {"runs", r.prefill_runs}};
+  auto decode_json = [](const DecodeFigure& f) {
+    if (!f.skipped.empty()) return nlohmann::json{{"batch", f.batch}, {"skipped", f.skipped}};
+    return nlohmann::json{{"batch", f.batch},
+                          {"tokens_per_s", f.tokens_per_s},
+                          {"per_user_tokens_per_s", f.per_user_tokens_per_s},
+                          {"roofline_tokens_per_s", f.roofline_tokens_per_s},
+                          {"bytes_per_step", f.bytes_per_step},
+                          {"kv_bytes_per_step", f.kv_bytes_per_step},
+                          {"experts_per_layer", f.experts_per_layer},
+                          {"comm_share", f.comm_share},
+                          {"runs", f.runs}};
+  };
   j["decode"] = nlohmann::json::array();
-  for (const auto& f : r.decode)
-    j["decode"].push_back({{"batch", f.batch},
-                           {"tokens_per_s", f.tokens_per_s},
-                           {"per_user_tokens_per_s", f.per_user_tokens_per_s},
-                           {"roofline_tokens_per_s", f.roofline_tokens_per_s},
-                           {"bytes_per_step", f.bytes_per_step},
-                           {"experts_per_layer", f.experts_per_layer},
-                           {"comm_share", f.comm_share},
-                           {"runs", f.runs}});
+  for (const auto& f : r.decode) j["decode"].push_back(decode_json(f));
+  j["depth"] = nlohmann::json::array();
+  for (const auto& d : r.depth) {
+    nlohmann::json dj = {{"depth", d.depth},
+                         {"prefill", {{"tokens", d.depth},
+                                      {"chunk", kDepthChunk},
+                                      {"tokens_per_s", d.prefill_tokens_per_s},
+                                      {"roofline_tokens_per_s", d.prefill_roofline_tokens_per_s},
+                                      {"peak", r.prefill_uses_int8 ? "int8" : "bf16"},
+                                      {"runs", d.prefill_runs}}},
+                         {"ttft_ms", d.ttft_ms},
+                         {"decode", nlohmann::json::array()}};
+    for (const auto& f : d.decode) dj["decode"].push_back(decode_json(f));
+    j["depth"].push_back(dj);
+  }
+  j["kv_budget_mb"] = r.kv_budget_bytes / 1048576.0;
   j["prefill"]["comm_share"] = r.prefill_comm_share;
   j["ranks"] = r.ranks;
   j["per_rank"] = nlohmann::json::array();
@@ -271,14 +409,30 @@ std::string bench_to_text(const BenchResult& r) {
   os << buf;
   std::snprintf(buf, sizeof buf, "time to first token: %.1f ms\n", r.ttft_ms);
   os << buf;
-  for (const auto& f : r.decode) {
+  auto decode_line = [&](const std::string& where, const DecodeFigure& f) {
+    if (!f.skipped.empty()) {
+      os << where << "decode batch " << f.batch << ": skipped: " << f.skipped << "\n";
+      return;
+    }
     std::snprintf(buf, sizeof buf,
                   "decode batch %2d: %.1f tok/s total, %.2f tok/s per user, roofline %.1f tok/s -> %.0f%%"
-                  " (%.2f experts/layer, %.0f MB/step)%s\n",
+                  " (%.2f experts/layer, %.0f MB/step of which KV %.0f MB)%s\n",
                   f.batch, f.tokens_per_s, f.per_user_tokens_per_s, f.roofline_tokens_per_s,
                   pct(f.tokens_per_s, f.roofline_tokens_per_s), f.experts_per_layer, f.bytes_per_step / 1e6,
-                  runs(f.runs).c_str());
-    os << buf;
+                  f.kv_bytes_per_step / 1e6, runs(f.runs).c_str());
+    os << where << buf;
+  };
+  for (const auto& f : r.decode) decode_line("", f);
+  for (const auto& d : r.depth) {
+    const std::string where = "depth " + std::to_string(d.depth) + ": ";
+    std::snprintf(buf, sizeof buf, "prefill %d tokens (chunks of %d): %.1f tok/s, roofline %.1f tok/s (%s peak) -> %.0f%%%s\n",
+                  d.depth, kDepthChunk, d.prefill_tokens_per_s, d.prefill_roofline_tokens_per_s,
+                  r.prefill_uses_int8 ? "int8" : "bf16", pct(d.prefill_tokens_per_s, d.prefill_roofline_tokens_per_s),
+                  runs(d.prefill_runs).c_str());
+    os << where << buf;
+    std::snprintf(buf, sizeof buf, "time to first token: %.1f ms\n", d.ttft_ms);
+    os << where << buf;
+    for (const auto& f : d.decode) decode_line(where, f);
   }
   if (r.ranks > 1) {
     std::snprintf(buf, sizeof buf, "MPI: %d ranks; expert exchange share of step time: prefill %.1f%%", r.ranks,
