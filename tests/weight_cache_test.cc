@@ -280,6 +280,28 @@ TEST(Repack, Q4kOnNarrowRowsEqualsLlamaCppQ4_K_M) {
   EXPECT_EQ(compared, static_cast<int>(g.store.tensors.size()) - 4);
 }
 
+// q5k and q6k on the 64-wide fixture: their fallbacks (Q5_1, Q8_0); a k-quant cache is a hit
+// when repeated and is rebuilt when it holds a plain matrix that now has an interleaved layout.
+TEST(Repack, KQuantModesFallBackAndRebuildStaleCaches) {
+  const std::string root = tmp_dir("wc-kmodes");
+  repack_cli(kHf, root + "/q5k", "--dtype q5k");
+  repack_cli(kHf, root + "/q6k", "--dtype q6k");
+  const json m5 = manifest(root + "/q5k"), m6 = manifest(root + "/q6k");
+  EXPECT_EQ(m5["tensors"]["layers.0.experts.1.w1"]["dtype"], "q5_1");
+  EXPECT_EQ(m5["tensors"]["layers.1.experts.1.w2"]["dtype"], "q8_0r16");  // Q6_K's fallback
+  EXPECT_EQ(m5["tensors"]["output"]["dtype"], "q8_0r16");
+  EXPECT_EQ(m6["tensors"]["layers.0.experts.1.w1"]["dtype"], "q8_0r16");
+  EXPECT_EQ(m6["tensors"]["tok_embeddings"]["dtype"], "q8_0");  // looked up by row: not interleaved
+  EXPECT_EQ(m6["tensors"]["layers.0.gate"]["dtype"], "f32");
+  EXPECT_NE(repack_cli(kHf, root + "/q5k", "--dtype q5k").find("cache hit"), std::string::npos);
+  json old = m5;
+  old["tensors"]["layers.0.attention.wk"]["dtype"] = "q8_0";
+  write_file(root + "/q5k/manifest.json", old.dump(1));
+  const auto up = run_cli("repack --model " + kHf + " --out " + root + "/q5k --dtype q5k");
+  EXPECT_EQ(up.exit_code, 0) << up.err;
+  EXPECT_NE(up.err.find("it holds plain q8_0 matrices (layers.0.attention.wk)"), std::string::npos) << up.err;
+}
+
 // The source's own scores as a reference for compare_with_reference.
 json as_reference(const std::vector<ScoreResult>& got) {
   json ref = {{"cases", json::array()}};
