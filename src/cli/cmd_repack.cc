@@ -83,9 +83,12 @@ Command add_repack(CLI::App& app) {
   sub->add_option("--model,-m", o->model, "source: any folder or file load_model reads")->required();
   sub->add_option("--out,-o", o->out, "cache folder to create (replaced atomically)")->required();
   sub->add_option("--dtype", o->dtype,
-                  "keep (each tensor's source type), f32, bf16, q8 (Q8_0, matrices 16 rows interleaved) "
-                  "or q4 (Q4_0, interleaved too; LM head and attention wk/wv in 8 bits); "
-                  "norms are always f32")
+                  "keep (each tensor's source type), f32, bf16, q8 (Q8_0, matrices 16 rows interleaved), "
+                  "q4 (Q4_0, interleaved too; LM head and attention wk/wv in 8 bits), "
+                  "or the k-quant mixes of llama-quantize: q4k (its Q4_K_M: Q4_K, with Q6_K for the "
+                  "LM head and some expert w2, Q5_K for wo, Q8_0 for wk/wv), q5k (Q5_K_M), q6k (Q6_K); "
+                  "k-quant rows not a multiple of 256 wide fall back to Q5_0/Q5_1/Q8_0 as in llama.cpp; "
+                  "norms are always f32, the router f32 in every quantized mode")
       ->default_val("keep");
   CLI::Option* ranks = sub->add_option("--ranks", o->ranks, "also list which files each of N ranks needs");
   sub->add_option("--threads,-t", o->threads, "conversion threads (default: all cores)");

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -44,19 +45,69 @@ bool keeps_8bit_under_q4(const std::string& name) {
   return name == "output" || ends_with(name, ".attention.wk") || ends_with(name, ".attention.wv");
 }
 
+bool is_kquant_mode(const std::string& mode) { return mode == "q4k" || mode == "q5k" || mode == "q6k"; }
+
+// The layer of "layers.N.…", or -1.
+int layer_of(const std::string& name) {
+  if (name.rfind("layers.", 0) != 0) return -1;
+  return std::atoi(name.c_str() + 7);
+}
+
+// llama-quantize's use_more_bits: the first and last eighth of the layers and every third one
+// between them take the larger type.
+bool more_bits_layer(int layer, int n_layers) {
+  return layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
+}
+
+// The k-quant a tensor gets under q4k / q5k / q6k: llama-quantize's Q4_K_M / Q5_K_M / Q6_K
+// rules for Mixtral-like models (llama.cpp src/llama-quant.cpp, llama_tensor_get_type).
+DType kquant_type(const std::string& mode, const std::string& name, const ModelConfig& c) {
+  const DType base = mode == "q4k" ? DType::Q4_K : mode == "q5k" ? DType::Q5_K : DType::Q6_K;
+  const bool eight = c.n_experts == 8;
+  if (name == "output") return DType::Q6_K;  // the LM head moves every logit
+  // K and V are small (GQA) and feed every head: 8 bits cost ~0.6% of Mixtral's size.
+  if (ends_with(name, ".attention.wk")) return eight ? DType::Q8_0 : base;
+  if (ends_with(name, ".attention.wv")) {
+    if (eight) return DType::Q8_0;
+    return mode != "q6k" && more_bits_layer(layer_of(name), c.n_layers) ? DType::Q6_K : base;
+  }
+  if (ends_with(name, ".attention.wo")) return mode == "q4k" && eight ? DType::Q5_K : base;
+  // Down projections of the outer layers (and every third) carry the most error: Q6_K.
+  if (ends_with(name, ".w2") && canonical_expert(name) >= 0 && mode != "q6k" &&
+      more_bits_layer(layer_of(name), c.n_layers))
+    return DType::Q6_K;
+  return base;
+}
+
+// What llama-quantize falls back to for rows that are not whole 256-element super-blocks.
+DType legacy_fallback(DType k) {
+  return k == DType::Q4_K ? DType::Q5_0 : k == DType::Q5_K ? DType::Q5_1 : DType::Q8_0;
+}
+
 // The dtype a tensor is stored in; appends to `notes` when it cannot take the requested one.
 DType target_dtype(const std::string& mode, const std::string& name, const Tensor& t,
-                   std::vector<std::string>& notes) {
+                   const ModelConfig& c, std::vector<std::string>& notes) {
   if (is_norm(name, t)) return DType::F32;  // tiny, and the model wants them in f32 anyway
   if (mode == "keep") return t.dtype;
   if (mode == "f32") return DType::F32;
   if (mode == "bf16") return DType::BF16;
-  // q8 / q4. The router decides which experts run; llama.cpp keeps it unquantized too.
+  // Quantized modes. The router decides which experts run; llama.cpp keeps it unquantized too.
   if (is_gate(name)) return DType::F32;
   if (t.cols() % QK != 0) {
     notes.push_back(name + " kept in f32: its rows have " + std::to_string(t.cols()) +
                     " columns, not a multiple of the 32-element " + mode + " block");
     return DType::F32;
+  }
+  if (is_kquant_mode(mode)) {
+    DType k = kquant_type(mode, name, c);
+    if (dtype_info(k).block_elems == QK_K && t.cols() % QK_K != 0) {
+      const DType f = legacy_fallback(k);
+      notes.push_back(name + " in " + std::string(dtype_info(f).name) + " instead of " +
+                      std::string(dtype_info(k).name) + ": its rows have " + std::to_string(t.cols()) +
+                      " columns, not a multiple of 256 (llama-quantize falls back the same way)");
+      k = f;
+    }
+    return r16_storage(k, name, t.shape);
   }
   // Under q4 the LM head and the K/V projections stay 8-bit, as llama-quantize does for
   // 8-expert models: together 0.9% of Mixtral's parameters, they move the logits most
@@ -171,7 +222,8 @@ std::string stale_reason(const fs::path& out, const RepackOptions& o,
     return mf.ranks ? "it was written with --ranks " + std::to_string(mf.ranks)
                     : "it was written without --ranks";
   if (mf.source_files != stamps) return "the source changed (or is another checkpoint)";
-  if (o.dtype == "q8" || o.dtype == "q4")
+  // A cache from before an interleaved layout existed for one of its types is rebuilt.
+  if (o.dtype == "q8" || o.dtype == "q4" || is_kquant_mode(o.dtype))
     for (const auto& t : mf.tensors)
       if (r16_storage(t.dtype, t.name, t.shape) != t.dtype)
         return "it holds plain " + std::string(dtype_info(t.dtype).name) + " matrices (" + t.name +
@@ -219,9 +271,9 @@ RepackResult repack(const RepackOptions& o) {
   auto log = [&](const std::string& s) {
     if (o.log) o.log(s);
   };
-  static const std::set<std::string> modes = {"keep", "f32", "bf16", "q8", "q4"};
+  static const std::set<std::string> modes = {"keep", "f32", "bf16", "q8", "q4", "q4k", "q5k", "q6k"};
   if (!modes.count(o.dtype))
-    fail("--dtype must be one of keep, f32, bf16, q8, q4; not '" + o.dtype + "'");
+    fail("--dtype must be one of keep, f32, bf16, q8, q4, q4k, q5k, q6k; not '" + o.dtype + "'");
   if (o.ranks < 0) fail("--ranks must be >= 1");
   if (o.out.empty()) fail("--out: no folder given");
   fs::path out = fs::absolute(fs::path(o.out)).lexically_normal();
@@ -293,7 +345,7 @@ RepackResult repack(const RepackOptions& o) {
         for (auto& n : expert_order(m, e)) all.push_back(std::move(n));
       for (const auto& name : all) {
         const Tensor& t = m.store.get(name);
-        total += static_cast<uint64_t>(t.rows()) * row_bytes(target_dtype(o.dtype, name, t, scratch_notes), t.cols());
+        total += static_cast<uint64_t>(t.rows()) * row_bytes(target_dtype(o.dtype, name, t, c, scratch_notes), t.cols());
       }
     }
     if (o.progress) o.progress(0, total);
@@ -305,7 +357,7 @@ RepackResult repack(const RepackOptions& o) {
       w.write(header.data(), header.size());
       for (const auto& name : names) {
         const Tensor& t = m.store.get(name);
-        const DType out_t = target_dtype(o.dtype, name, t, mf.notes);
+        const DType out_t = target_dtype(o.dtype, name, t, c, mf.notes);
         w.pad_to(kCacheAlignment);
         CacheTensorEntry e;
         e.name = name;
@@ -358,10 +410,16 @@ RepackResult repack(const RepackOptions& o) {
       add_small("tokenizer.json", tokenizer_vocab_to_json(m.tokenizer));
       mf.tokenizer_vocab_file = "tokenizer.json";
     }
-    if (o.dtype == "q8" || o.dtype == "q4")
+    if (o.dtype == "q8" || o.dtype == "q4" || is_kquant_mode(o.dtype))
       mf.notes.push_back("router weights (layers.*.gate) kept in f32: they choose the experts");
     if (o.dtype == "q4")
       mf.notes.push_back("LM head (output) and attention wk/wv kept in q8_0, as llama-quantize does");
+    if (is_kquant_mode(o.dtype))
+      mf.notes.push_back("types per tensor as llama-quantize's " +
+                         std::string(o.dtype == "q4k" ? "Q4_K_M" : o.dtype == "q5k" ? "Q5_K_M" : "Q6_K") +
+                         ": LM head q6_K" + (c.n_experts == 8 ? ", attention wk/wv q8_0" : "") +
+                         (o.dtype == "q4k" && c.n_experts == 8 ? ", wo q5_K" : "") +
+                         (o.dtype != "q6k" ? ", expert w2 of the outer and every third layer q6_K" : ""));
     if (mf.tokenizer_model_file.empty() && mf.tokenizer_vocab_file.empty())
       mf.notes.push_back("the source has no tokenizer; the cache has none either");
 

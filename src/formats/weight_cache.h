@@ -66,7 +66,8 @@ struct CacheTensorEntry {
 struct CacheManifest {
   int version = kCacheFormatVersion;
   std::string created_by;
-  std::string dtype;  // what repack was asked for: "keep", "f32", "bf16", "q8", "q4"
+  std::string dtype;  // what repack was asked for: "keep", "f32", "bf16", "q8", "q4",
+                      // "q4k", "q5k", "q6k"
   ModelConfig config;
   std::string source_path, source_layout;
   std::vector<SourceFileStamp> source_files;

@@ -57,8 +57,11 @@ void deinterleave_r16(DType t, const uint8_t* group, int64_t cols, uint8_t* rows
 // (whose rows are decoded through their group). data is the tensor's start, rows are cols wide.
 void dequantize_rows(DType t, const uint8_t* data, int64_t cols, int64_t r0, int64_t n, float* dst);
 
-// Reference encoders (round-to-nearest like ggml's quantize_row_*_ref) for the types we write
-// (repack targets and activation formats): F32, F16, BF16, Q8_0, Q4_0, Q8_K.
+// Encoders for the types we write (repack targets and activation formats): F32, F16, BF16,
+// Q8_0, Q4_0, Q5_0, Q5_1 and Q8_K round to nearest exactly as ggml's quantize_row_*_ref do;
+// Q4_K, Q5_K and Q6_K search scales as ggml's reference quantizer does (weighted least squares
+// per sub-block), then also try the neighbouring sub-block scale codes, which lowers the error
+// below that of ggml's encoding (n a multiple of 256 for them; tests/quant_blocks_test.cc).
 // Returns false for a type we do not encode.
 bool quantize_row(DType t, const float* src, void* dst, int64_t n);
 
