@@ -24,6 +24,7 @@
 #include "server/access_policy.h"
 #include "server/front_door.h"
 #include "server/httplib_abi.h"
+#include "server_process.h"
 #include "test_util.h"
 
 namespace mx {
@@ -36,81 +37,7 @@ const std::string kHf = test::data_path("tiny-mixtral/hf");
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// `mixtral serve --port 0` as a child process; the port comes from its first line of stdout.
-class Server {
- public:
-  explicit Server(const std::string& extra = "", const std::string& env = "") {
-    ::signal(SIGPIPE, SIG_IGN);
-    err_path_ = test::tmp_dir("server-hostile") + "/stderr.txt";
-    int out[2];
-    if (::pipe(out) != 0) throw std::runtime_error("pipe");
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(out[1], 1);
-      ::close(out[0]);
-      ::close(out[1]);
-      const std::string cmd = env + " exec '" + MIXTRAL_BIN + "' serve --model " + kHf + " --port 0 --threads 2 " +
-                              extra + " 2>" + err_path_;
-      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    ::close(out[1]);
-    out_ = out[0];
-    std::string line;
-    const auto t0 = Clock::now();
-    while (line.find('\n') == std::string::npos && since(t0) < 30) {
-      pollfd p{out_, POLLIN, 0};
-      if (::poll(&p, 1, 200) <= 0) continue;
-      char buf[256];
-      const ssize_t n = ::read(out_, buf, sizeof buf);
-      if (n <= 0) break;
-      line.append(buf, static_cast<size_t>(n));
-    }
-    const size_t at = line.find("http://");
-    const size_t colon = at == std::string::npos ? at : line.find(':', at + 7);
-    if (colon == std::string::npos) throw std::runtime_error("server did not start: " + line + "\n" + stderr_text());
-    port_ = std::atoi(line.c_str() + colon + 1);
-  }
-  ~Server() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    ::close(out_);
-  }
-  int port() const { return port_; }
-  pid_t pid() const { return pid_; }
-  std::string stderr_text() const { return test::read_file(err_path_); }
-  // Sends `sig` and waits up to `seconds` for the exit: the exit code, or -1.
-  int stop(int sig, double seconds) {
-    ::kill(pid_, sig);
-    const auto t0 = Clock::now();
-    while (since(t0) < seconds) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return -1;
-  }
-  // Starts peak-RSS tracking afresh (VmHWM becomes the current RSS).
-  void reset_peak() const { std::ofstream("/proc/" + std::to_string(pid_) + "/clear_refs") << "5"; }
-  // Peak resident memory so far (VmHWM), in KiB.
-  long peak_kib() const {
-    std::ifstream f("/proc/" + std::to_string(pid_) + "/status");
-    std::string line;
-    while (std::getline(f, line))
-      if (line.rfind("VmHWM:", 0) == 0) return std::atol(line.c_str() + 6);
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1, port_ = 0;
-  std::string err_path_;
-};
+using test::ServerProcess;
 
 std::unique_ptr<httplib::Client> client(int port) {
   auto c = std::make_unique<httplib::Client>("127.0.0.1", port);
@@ -209,7 +136,7 @@ double health_seconds(int port, json* out = nullptr) {
 // ---- slow and many clients ----
 
 TEST(ServerHostile, SlowlorisCannotStarveHealthOrRequests) {
-  Server s("--max-users 2 --header-timeout 3");
+  ServerProcess s("--max-users 2 --header-timeout 3");
   // 80 connections that send their headers a byte at a time (one byte per connection per
   // 50 ms round): more than the server has workers (2 + 4 queue + 4).
   const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
@@ -252,7 +179,7 @@ TEST(ServerHostile, SlowlorisCannotStarveHealthOrRequests) {
 }
 
 TEST(ServerHostile, ConnectionBurstIsAcceptedPromptly) {
-  Server s;
+  ServerProcess s;
   // 128 non-blocking connects at once: with a short listen backlog most would wait for a SYN
   // retransmit (1 s); the kernel completes them from the backlog without the server's help.
   std::vector<int> fds;
@@ -298,7 +225,7 @@ TEST(ServerHostile, ConnectionBurstIsAcceptedPromptly) {
 }
 
 TEST(ServerHostile, HealthShowsRunningAndWaitingAndFullQueueGets429) {
-  Server s("--max-users 1 --max-queue 2");
+  ServerProcess s("--max-users 1 --max-queue 2");
   std::atomic<bool> leave{false};
   std::vector<std::thread> streams;
   // Three long streams: one holds the slot, two wait. Each leaves when told (the client
@@ -346,7 +273,7 @@ TEST(ServerHostile, HealthShowsRunningAndWaitingAndFullQueueGets429) {
 }
 
 TEST(ServerHostile, SigtermExitsPromptlyWhateverClientsDo) {
-  Server s("--max-users 1");
+  ServerProcess s("--max-users 1");
   // A slowloris client, an idle keep-alive one, and a stream whose client never reads.
   const int slow = connect_raw(s.port());
   ASSERT_GE(slow, 0);
@@ -377,7 +304,7 @@ TEST(ServerHostile, SigtermExitsPromptlyWhateverClientsDo) {
 // ---- bodies and their size ----
 
 TEST(ServerHostile, BodiesOverTheCapAreRefusedHoweverFramed) {
-  Server s;
+  ServerProcess s;
   // Chunked: 1 MiB chunks until the server answers (it must before 64 MiB + 1 chunk).
   int fd = connect_raw(s.port());
   ASSERT_GE(fd, 0);
@@ -421,7 +348,7 @@ TEST(ServerHostile, BodiesOverTheCapAreRefusedHoweverFramed) {
 }
 
 TEST(ServerHostile, HugePromptsAreRefusedFastWithBoundedMemory) {
-  Server s;  // the tiny model's context is Mixtral's, 32768 tokens
+  ServerProcess s;  // the tiny model's context is Mixtral's, 32768 tokens
   // Warm up: one ordinary request, so the baseline includes the engine's own buffers.
   ASSERT_EQ(post(s.port(), "/v1/completions", completion_body("Hello", 2)).status, 200);
   s.reset_peak();
@@ -462,7 +389,7 @@ TEST(ServerHostile, HugePromptsAreRefusedFastWithBoundedMemory) {
 }
 
 TEST(ServerHostile, OverflowingNumbersAre400NamingTheField) {
-  Server s;
+  ServerProcess s;
   for (const char* field : {"temperature", "top_p", "max_tokens", "seed", "top_k", "n"}) {
     const Reply r = post(s.port(), "/v1/completions", std::string("{\"prompt\": \"hi\", \"") + field + "\": 1e309}");
     EXPECT_EQ(r.status, 400) << field << " " << r.body.dump();
@@ -489,7 +416,7 @@ TEST(ServerHostile, OverflowingNumbersAre400NamingTheField) {
 // ---- security ----
 
 TEST(ServerHostile, ApiKeysGuardV1) {
-  Server s("--api-key first-key", "MIXTRAL_API_KEY='second-key, third-key'");
+  ServerProcess s("--api-key first-key", "MIXTRAL_API_KEY='second-key, third-key'");
   auto bearer = [](const std::string& k) { return httplib::Headers{{"Authorization", "Bearer " + k}}; };
   Reply r = get(s.port(), "/v1/models");
   EXPECT_EQ(r.status, 401);
@@ -510,7 +437,7 @@ TEST(ServerHostile, ApiKeysGuardV1) {
 }
 
 TEST(ServerHostile, BrowserStyleRequestsAreRefusedWithoutCors) {
-  Server s;
+  ServerProcess s;
   // A text/plain POST is what a web page can send cross-site without asking first.
   Reply r = post(s.port(), "/v1/completions", completion_body("Hi", 2), {}, "text/plain");
   EXPECT_EQ(r.status, 415);
@@ -532,7 +459,7 @@ TEST(ServerHostile, BrowserStyleRequestsAreRefusedWithoutCors) {
 }
 
 TEST(ServerHostile, CorsOriginGetsPreflightAndHeaders) {
-  Server s("--cors-origin https://app.example");
+  ServerProcess s("--cors-origin https://app.example");
   auto c = client(s.port());
   auto r = c->Options("/v1/chat/completions", {{"Origin", "https://app.example"},
                                                {"Access-Control-Request-Method", "POST"},
@@ -557,7 +484,7 @@ TEST(ServerHostile, CorsOriginGetsPreflightAndHeaders) {
 
 TEST(ServerHostile, NonLoopbackWithoutKeyWarns) {
   // Bound, never contacted: the test only reads the warning.
-  Server s("--host 0.0.0.0");
+  ServerProcess s("--host 0.0.0.0");
   std::string err;
   const auto t0 = Clock::now();
   while (err.find("warning") == std::string::npos && since(t0) < 5) {
@@ -565,14 +492,14 @@ TEST(ServerHostile, NonLoopbackWithoutKeyWarns) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_NE(err.find("without an API key"), std::string::npos) << err;
-  Server quiet;
+  ServerProcess quiet;
   EXPECT_EQ(quiet.stderr_text().find("without an API key"), std::string::npos);
 }
 
 // ---- the smaller fixes ----
 
 TEST(ServerHostile, ModelRetrieveAndStopStringsCountAsCompleted) {
-  Server s;
+  ServerProcess s;
   Reply r = get(s.port(), "/v1/models/hf");
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body["id"], "hf");

@@ -26,6 +26,7 @@
 #include "server/httplib_abi.h"
 #include "server/stop_matcher.h"
 #include "server/text_stream.h"
+#include "server_process.h"
 #include "test_util.h"
 
 namespace mx {
@@ -46,70 +47,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 // ---- the server as a child process ----
 
-class ServerProcess {
- public:
-  // Starts `mixtral serve` on port 0 and reads the port from its first line of stdout.
-  explicit ServerProcess(const std::string& extra = "") {
-    ::signal(SIGPIPE, SIG_IGN);
-    err_path_ = test::tmp_dir("server") + "/stderr.txt";
-    int out[2];
-    if (::pipe(out) != 0) throw std::runtime_error("pipe");
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(out[1], 1);
-      ::close(out[0]);
-      ::close(out[1]);
-      const std::string cmd = std::string("exec '") + MIXTRAL_BIN + "' serve --model " + kHf +
-                              " --port 0 --threads 2 " + extra + " 2>" + err_path_;
-      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    ::close(out[1]);
-    out_ = out[0];
-    std::string line;
-    const auto t0 = Clock::now();
-    while (line.find('\n') == std::string::npos && since(t0) < 30) {
-      pollfd p{out_, POLLIN, 0};
-      if (::poll(&p, 1, 200) <= 0) continue;
-      char buf[256];
-      const ssize_t n = ::read(out_, buf, sizeof buf);
-      if (n <= 0) break;
-      line.append(buf, static_cast<size_t>(n));
-    }
-    const size_t at = line.find("127.0.0.1:");
-    if (at == std::string::npos) throw std::runtime_error("server did not start: " + line + "\n" + stderr_text());
-    port_ = std::atoi(line.c_str() + at + 10);
-  }
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    ::close(out_);
-  }
-  int port() const { return port_; }
-  std::string stderr_text() const { return test::read_file(err_path_); }
-  // Sends `sig` and waits up to `seconds` for the exit; returns the exit code, or -1 when it
-  // did not exit (or died from a signal).
-  int stop(int sig, double seconds) {
-    ::kill(pid_, sig);
-    const auto t0 = Clock::now();
-    while (since(t0) < seconds) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1, port_ = 0;
-  std::string err_path_;
-};
+using test::ServerProcess;
 
 struct Reply {
   int status = 0;

@@ -340,43 +340,59 @@ void rows_legacy(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, fl
   }
 }
 
+// One k-quant row decoded: values (Q4_K / Q5_K unsigned, Q6_K minus 32), the sub-block scales
+// (16 per super-block for Q6_K, 8 for the others) and mins, and the super-block scales.
+struct KRow {
+  std::vector<int8_t> q;
+  std::vector<int> sc, mn;
+  std::vector<float> d, dmin;
+  void decode(DType t, const uint8_t* row, int64_t cols) {
+    const int64_t nb = cols / QK_K;
+    const int bb = dtype_info(t).block_bytes;
+    q.resize(static_cast<size_t>(cols));
+    sc.resize(static_cast<size_t>(nb * 16));
+    mn.resize(static_cast<size_t>(nb * 8));
+    d.resize(static_cast<size_t>(nb));
+    dmin.resize(static_cast<size_t>(nb));
+    for (int64_t b = 0; b < nb; ++b) {
+      if (t == DType::Q6_K) decode_q6k(row + b * bb, &q[b * QK_K], &sc[b * 16], &d[b]);
+      else decode_q45k(t, row + b * bb, &q[b * QK_K], &sc[b * 16], &mn[b * 8], &d[b], &dmin[b]);
+    }
+  }
+  // The exact integer sums of super-block b with one token's Q8_K activations: sum of scale *
+  // sub-block dot, and (Q4_K / Q5_K) sum of min * sub-block activation sum.
+  void sums(bool six, int64_t b, const int8_t* xq, const int16_t* bs32, int* isum, int* imin) const {
+    const int8_t* wb = &q[b * QK_K];
+    const int8_t* xb = xq + b * QK_K;
+    *isum = *imin = 0;
+    if (six) {
+      for (int s = 0; s < 16; ++s) *isum += sc[b * 16 + s] * dot_i8(wb + 16 * s, xb + 16 * s, 16);
+      return;
+    }
+    for (int s = 0; s < 8; ++s) {
+      *isum += sc[b * 16 + s] * dot_i8(wb + 32 * s, xb + 32 * s, 32);
+      *imin += mn[b * 8 + s] * bs32[b * 8 + s];
+    }
+  }
+};
+
 void rows_kquant(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
                  int64_t ldy) {
   const int64_t nb = w.cols / QK_K;
-  const int bb = dtype_info(w.dtype).block_bytes;
   const bool six = w.dtype == DType::Q6_K;
-  std::vector<int8_t> q(static_cast<size_t>(w.cols));
-  std::vector<int> sc(static_cast<size_t>(nb * 16)), mn(static_cast<size_t>(nb * 8));
-  std::vector<float> d(static_cast<size_t>(nb)), dmin(static_cast<size_t>(nb));
+  KRow k;
   for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = w.row(r) + b * bb;
-      if (six) {
-        decode_q6k(blk, &q[b * QK_K], &sc[b * 16], &d[b]);
-      } else {
-        decode_q45k(w.dtype, blk, &q[b * QK_K], &sc[b * 16], &mn[b * 8], &d[b], &dmin[b]);
-      }
-    }
+    k.decode(w.dtype, w.row(r), w.cols);
     for (int64_t t = 0; t < p.n_tokens; ++t) {
       const int8_t* xq = p.q + t * p.q_stride;
       const float* xd = p.d + t * p.d_stride;
       const int16_t* bs32 = p.bsum32 + t * p.bsum32_stride;
       float acc = 0.f;
       for (int64_t b = 0; b < nb; ++b) {
-        const int8_t* wb = &q[b * QK_K];
-        const int8_t* xb = xq + b * QK_K;
-        int isum = 0, imin = 0;
-        if (six) {
-          for (int g = 0; g < 16; ++g) isum += sc[b * 16 + g] * dot_i8(wb + 16 * g, xb + 16 * g, 16);
-          acc += d[b] * xd[b] * static_cast<float>(isum);
-        } else {
-          for (int j = 0; j < 8; ++j) {
-            isum += sc[b * 16 + j] * dot_i8(wb + 32 * j, xb + 32 * j, 32);
-            imin += mn[b * 8 + j] * bs32[b * 8 + j];
-          }
-          acc += d[b] * xd[b] * static_cast<float>(isum);
-          acc -= dmin[b] * xd[b] * static_cast<float>(imin);
-        }
+        int isum, imin;
+        k.sums(six, b, xq, bs32, &isum, &imin);
+        acc += k.d[b] * xd[b] * static_cast<float>(isum);
+        if (!six) acc -= k.dmin[b] * xd[b] * static_cast<float>(imin);
       }
       y[t * ldy + r] = acc;
     }
@@ -392,39 +408,23 @@ void rows_kr16(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, floa
   const DType base = r16_base(w.dtype);
   const int64_t nb = w.cols / QK_K;
   const size_t rb = row_bytes(base, w.cols);
-  const int bb = dtype_info(base).block_bytes;
   const bool six = base == DType::Q6_K;
   std::vector<uint8_t> rows16(16 * rb);
-  std::vector<int8_t> q(static_cast<size_t>(w.cols));
-  std::vector<int> sc(static_cast<size_t>(nb * 16)), mn(static_cast<size_t>(nb * 8));
-  std::vector<float> d(static_cast<size_t>(nb)), dmin(static_cast<size_t>(nb));
+  KRow k;
   for (int64_t g = r0; g < r1; g += 16) {
     deinterleave_r16(w.dtype, w.row(g), w.cols, rows16.data());
     for (int l = 0; l < 16; ++l) {
-      for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = rows16.data() + l * rb + b * bb;
-        if (six) decode_q6k(blk, &q[b * QK_K], &sc[b * 16], &d[b]);
-        else decode_q45k(base, blk, &q[b * QK_K], &sc[b * 16], &mn[b * 8], &d[b], &dmin[b]);
-      }
+      k.decode(base, rows16.data() + l * rb, w.cols);
       for (int64_t t = 0; t < p.n_tokens; ++t) {
         const int8_t* xq = p.q + t * p.q_stride;
         const float* xd = p.d + t * p.d_stride;
         const int16_t* bs32 = p.bsum32 + t * p.bsum32_stride;
         float acc = 0.f;
         for (int64_t b = 0; b < nb; ++b) {
-          const int8_t* wb = &q[b * QK_K];
-          const int8_t* xb = xq + b * QK_K;
-          int isum = 0, imin = 0;
-          if (six) {
-            for (int s = 0; s < 16; ++s) isum += sc[b * 16 + s] * dot_i8(wb + 16 * s, xb + 16 * s, 16);
-          } else {
-            for (int s = 0; s < 8; ++s) {
-              isum += sc[b * 16 + s] * dot_i8(wb + 32 * s, xb + 32 * s, 32);
-              imin += mn[b * 8 + s] * bs32[b * 8 + s];
-            }
-          }
-          acc = std::fma(static_cast<float>(isum), d[b] * xd[b], acc);
-          if (!six) acc = std::fma(-static_cast<float>(imin), dmin[b] * xd[b], acc);
+          int isum, imin;
+          k.sums(six, b, xq, bs32, &isum, &imin);
+          acc = std::fma(static_cast<float>(isum), k.d[b] * xd[b], acc);
+          if (!six) acc = std::fma(-static_cast<float>(imin), k.dmin[b] * xd[b], acc);
         }
         y[t * ldy + g + l] = acc;
       }

@@ -192,16 +192,23 @@ void quant_q8_0(const float* x, BlockQ8_0* y, int64_t nb) {
   }
 }
 
+// The value of largest magnitude (the first one on ties), with its sign: ggml's encoders map it
+// to the end of the code range.
+float largest_magnitude(const float* x, int n) {
+  float amax = 0.0f, max = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  }
+  return max;
+}
+
 // d is chosen so that the largest-magnitude value maps to -8 exactly (full use of 0..15).
 void quant_q4_0(const float* x, BlockQ4_0* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += QK) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < QK; ++j) {
-      if (amax < std::fabs(x[j])) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
+    const float max = largest_magnitude(x, QK);
     const float d = max / -8;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[i].d = f32_to_f16(d);
@@ -220,15 +227,8 @@ void quant_q4_0(const float* x, BlockQ4_0* y, int64_t nb) {
 // products fold the per-sub-block minimums in without touching the quants again.
 void quant_q8_k(const float* x, BlockQ8_K* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += QK_K) {
-    float max = 0, amax = 0;
-    for (int j = 0; j < QK_K; ++j) {
-      const float ax = std::fabs(x[j]);
-      if (ax > amax) {
-        amax = ax;
-        max = x[j];
-      }
-    }
-    if (amax == 0.0f) {  // ggml leaves bsums untouched here; we zero them to be deterministic
+    const float max = largest_magnitude(x, QK_K);
+    if (max == 0.0f) {  // ggml leaves bsums untouched here; we zero them to be deterministic
       y[i].d = 0.0f;
       std::memset(y[i].qs, 0, sizeof(y[i].qs));
       std::memset(y[i].bsums, 0, sizeof(y[i].bsums));
@@ -252,13 +252,7 @@ void quant_q8_k(const float* x, BlockQ8_K* y, int64_t nb) {
 // ggml's Q5_0: like Q4_0 with 32 levels; the value of largest magnitude maps to code 0.
 void quant_q5_0(const float* x, BlockQ5_0* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += QK) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < QK; ++j) {
-      if (amax < std::fabs(x[j])) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
+    const float max = largest_magnitude(x, QK);
     const float d = max / -16;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[i].d = f32_to_f16(d);
