@@ -182,6 +182,40 @@ for victim in 1 0; do
   fi
 done
 
+# ---- serve under mpirun: prefix reuse and n > 1 change slots on every rank ----------------------
+# Two chat turns (the second reuses the first's KV), the second again (all of it cached), and
+# n=2 sampled choices (the second copies the first's prompt KV) must answer as one process does.
+serve_session() {  # serve_session <out> [launcher...]
+  local out=$1; shift
+  rm -f "$W/serve.out"
+  "$@" "$BIN" serve --model "$MODEL" --port 0 --max-users 2 --threads 1 >"$W/serve.out" 2>"$W/serve.err" &
+  local job=$! port= i
+  for i in $(seq 300); do
+    port=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$W/serve.out" | head -1)
+    [[ -n $port ]] && break
+    sleep 0.1
+  done
+  : >"$out"
+  if [[ -n $port ]]; then
+    for body in \
+      '{"messages":[{"role":"user","content":"Hello there"}],"max_tokens":8,"temperature":0}' \
+      '{"messages":[{"role":"user","content":"Hello there"},{"role":"assistant","content":"Hi! How can I help?"},{"role":"user","content":"Tell me a joke"}],"max_tokens":8,"temperature":0}' \
+      '{"messages":[{"role":"user","content":"Hello there"},{"role":"assistant","content":"Hi! How can I help?"},{"role":"user","content":"Tell me a joke"}],"max_tokens":8,"temperature":0}' \
+      '{"messages":[{"role":"user","content":"Tell me a joke"}],"max_tokens":8,"temperature":0.9,"seed":3,"n":2}'; do
+      curl -s --max-time 30 "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' -d "$body" |
+        python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps([d.get("choices"), d.get("usage"), d.get("error")]))' >>"$out"
+    done
+    curl -s --max-time 5 "http://127.0.0.1:$port/health" |
+      python3 -c 'import json,sys; print("reused", json.load(sys.stdin)["prefix_cache"]["reused_tokens"] > 0)' >>"$out"
+  fi
+  kill -TERM $job 2>/dev/null
+  wait $job
+}
+serve_session "$W/serve.ref"
+grep -q "reused True" "$W/serve.ref" || fail "serve without mpirun reused no prefix: $(cat "$W/serve.ref")"
+serve_session "$W/serve.np2" "${MPIRUN[@]}" -np 2
+same "serve -np 2: prefix reuse and n=2 equal one process" "$W/serve.ref" "$W/serve.np2"
+
 # A rank killed from outside while the job is idle (chat waiting for its first line).
 cat >"$W/pidwrap.sh" <<EOF
 #!/usr/bin/env bash

@@ -320,7 +320,7 @@ TEST(Server, BadInputGetsOpenAiErrors) {
       {"/v1/completions", R"({"prompt": [1, 40000]})", "prompt", "unknown token id 40000"},
       {"/v1/completions", R"({"prompt": [1, -3]})", "prompt", "unknown token id -3"},
       {"/v1/completions", R"({"prompt": ["a", "b"]})", "prompt", "several prompts"},
-      {"/v1/completions", R"({"prompt": "hi", "n": 2})", "n", "n=1"},
+      {"/v1/completions", R"({"prompt": "hi", "n": 0})", "n", "in [1, 128]"},
       {"/v1/completions", R"({"prompt": "hi", "max_tokens": "8"})", "max_tokens", "integer"},
       {"/v1/completions", R"({"prompt": "hi", "max_tokens": 0})", "max_tokens", ">= 1"},
       {"/v1/completions", R"({"prompt": "hi", "max_tokens": 63})", "max_tokens", "(2 tokens) + max_tokens (63) = 65 tokens exceeds the context of 64"},
@@ -343,7 +343,7 @@ TEST(Server, BadInputGetsOpenAiErrors) {
       {"/v1/chat/completions", R"({"messages": [{"role": "robot", "content": "x"}]})", "messages", "robot"},
       {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]})", "messages", "out of order"},
       {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})", "messages", "last message"},
-      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "hi"}], "n": 3})", "n", "n=1"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "hi"}], "n": 33})", "n", "at most 32 sequences"},
       {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100})", "max_tokens", "exceeds the context of 64"},
   };
   for (const Case& c : cases) {
@@ -540,9 +540,10 @@ TEST(ServerParts, ParsesDefaultsAndFields) {
   r = server::parse_chat_request(R"({"messages": [{"role": "user", "content": "Hi"}]})", tok, 100);
   EXPECT_EQ(r.prompt, encode_instruct(tok, "Hi"));
   EXPECT_EQ(r.max_tokens, 100 - static_cast<int>(r.prompt.size()));
+  EXPECT_EQ(server::parse_completion_request(R"({"prompt": "Hello", "n": 2})", tok, 100).n, 2);
   try {
-    server::parse_completion_request(R"({"prompt": "Hello", "n": 2})", tok, 100);
-    FAIL() << "n=2 accepted";
+    server::parse_completion_request(R"({"prompt": "Hello", "n": 129})", tok, 100);
+    FAIL() << "n=129 accepted";
   } catch (const server::ApiError& e) {
     EXPECT_EQ(e.status, 400);
     EXPECT_EQ(server::error_json(e)["error"]["param"], "n");

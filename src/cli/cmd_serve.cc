@@ -30,6 +30,7 @@ struct ServeArgs {
   int port = 8080, max_users = 32, context = 0, max_queue = 0;
   std::vector<std::string> api_keys, cors_origins;
   double header_timeout = 10, body_timeout = 60;
+  bool no_prefix_cache = false;
 };
 
 // --api-key values, then MIXTRAL_API_KEY's comma-separated ones; empty ones are dropped.
@@ -78,7 +79,9 @@ int run(ServeArgs& a) {
   KvCache kv(c.n_layers, c.n_kv_heads * c.head_dim, ctx, e.kv_dtype);
   SchedulerOptions so;
   so.max_users = a.max_users;
-  server::EngineLoop engine(make_forward(e, kv), c.vocab, e.tokenizer->eos_id(), ctx, so);
+  so.prefix_cache = !a.no_prefix_cache;
+  server::EngineLoop engine(make_forward(e, kv), c.vocab, e.tokenizer->eos_id(), ctx, so,
+                            [&kv] { return kv.bytes_allocated(); });
 
   server::ServerOptions o;
   o.host = a.host;
@@ -142,6 +145,8 @@ Command add_serve(CLI::App& app) {
   sub->add_option("--api-key", a->api_keys,
                   "require 'Authorization: Bearer KEY' on /v1 (repeatable; MIXTRAL_API_KEY adds comma-separated keys)");
   sub->add_option("--cors-origin", a->cors_origins, "let web pages from ORIGIN call the API (repeatable; * for any)");
+  sub->add_flag("--no-prefix-cache", a->no_prefix_cache,
+               "prefill every prompt in full instead of reusing the KV of earlier requests that share a prefix");
   sub->add_option("--header-timeout", a->header_timeout, "seconds a request may take to send its headers")
       ->default_val(10);
   sub->add_option("--body-timeout", a->body_timeout, "seconds a request may take to send headers and body")

@@ -33,6 +33,29 @@ void rmsnorm(const float* x, const float* w, int n, float eps, float* out) { ops
 
 }  // namespace
 
+void apply_chunk_starts(KvCache& kv, const std::vector<SeqChunk>& batch) {
+  // Copies first: a source slot may itself be cut back or reset later in this batch.
+  for (const SeqChunk& s : batch) {
+    if (s.copy_from < 0) continue;
+    if (s.start < 0) fail("a chunk that copies a prefix needs its start");
+    kv.ensure_slot(s.copy_from);
+    kv.copy_prefix(s.copy_from, s.slot, s.start, s.start + static_cast<int>(s.tokens.size()));
+  }
+  for (const SeqChunk& s : batch) {
+    kv.ensure_slot(s.slot);
+    if (s.fresh || s.start == 0) {
+      kv.reset(s.slot);
+    } else if (s.start > 0) {
+      if (s.start > kv.length(s.slot))
+        fail("chunk for slot " + std::to_string(s.slot) + " starts at " + std::to_string(s.start) +
+             " but the slot holds " + std::to_string(kv.length(s.slot)) + " positions");
+      // Positions past `start` hold another sequence's tail; they are overwritten as the new
+      // tokens are written, and attention never reads past a token's own position.
+      kv.set_length(s.slot, s.start);
+    }
+  }
+}
+
 std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& batch,
                            ThreadPool& pool) {
   const ModelConfig& c = m.config;
@@ -41,9 +64,8 @@ std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& b
   // Lay the batch out as T token rows, remembering each row's slot and position.
   std::vector<TokenPos> tp;
   std::vector<int> tokens;
+  apply_chunk_starts(kv, batch);
   for (const SeqChunk& s : batch) {
-    if (s.fresh) kv.reset(s.slot);
-    kv.ensure_slot(s.slot);
     const int start = kv.length(s.slot);
     kv.reserve(s.slot, start + static_cast<int>(s.tokens.size()));
     for (size_t i = 0; i < s.tokens.size(); ++i) {

@@ -39,13 +39,24 @@ struct Model {
 std::unique_ptr<Model> make_model(std::shared_ptr<LoadedModel> loaded, const LoadOptions& opts,
                                   ThreadPool& pool);
 
-// A run of consecutive tokens of one sequence, starting at the slot's current length.
+// A run of consecutive tokens of one sequence, starting at the slot's current length, or at
+// `start` when that is given (a reused or copied prefix).
 struct SeqChunk {
   int slot = 0;
   std::vector<int> tokens;
   bool all_logits = false;  // logits after every token (scoring), else only after the last
   bool fresh = false;       // starts a new sequence: the slot's cache is reset first
+  // >= 0: the chunk starts at this position, keeping the slot's first `start` positions (a
+  // cached prefix) and overwriting the rest; must be <= the slot's length.
+  int start = -1;
+  // >= 0: the slot first becomes a copy of this slot's first `start` positions (choices that
+  // share a prompt). Copies are made before any chunk of the step is applied.
+  int copy_from = -1;
 };
+
+// Applies each chunk's fresh/start/copy_from to its slot (forward() does this first; MPI
+// followers do it from rank 0's message).
+void apply_chunk_starts(KvCache& kv, const std::vector<SeqChunk>& batch);
 
 // Appends every chunk's tokens to its slot's cache and returns logits: for each chunk in order,
 // tokens.size() rows when all_logits, else one row; each row is [vocab] (nothing when

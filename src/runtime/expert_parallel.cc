@@ -442,11 +442,26 @@ struct Follower {
     const int n_layers = next(), kv_dim = next(), max_ctx = next(), dtype = next();
     KvCache& kv = mirror(id, n_layers, kv_dim, max_ctx, dtype);
     std::vector<SeqChunk> batch(static_cast<size_t>(next()));
+    std::vector<int> starts;
     for (SeqChunk& c : batch) {
       c.slot = next();
-      const int start = next();
+      starts.push_back(next());
+      const int copy_from = next();
       c.tokens.resize(static_cast<size_t>(next()));
       for (int& t : c.tokens) t = next();
+      // A prefix copied between slots on rank 0 is copied here too, before any slot changes.
+      if (copy_from >= 0) {
+        kv.ensure_slot(copy_from);
+        if (starts.back() > kv.length(copy_from))
+          fail("KV cache out of step with rank 0: slot " + std::to_string(copy_from) + " holds " +
+               std::to_string(kv.length(copy_from)) + " positions here but " + std::to_string(starts.back()) +
+               " are copied from it there");
+        kv.copy_prefix(copy_from, c.slot, starts.back(), starts.back() + static_cast<int>(c.tokens.size()));
+      }
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const SeqChunk& c = batch[i];
+      const int start = starts[i];
       kv.ensure_slot(c.slot);
       if (start == 0) {
         kv.reset(c.slot);
@@ -597,6 +612,7 @@ void attach_root(Model& m, ThreadPool& pool) {
     for (const SeqChunk& c : batch) {
       p.push_back(c.slot);
       p.push_back(kv.length(c.slot));
+      p.push_back(c.copy_from);
       p.push_back(static_cast<int32_t>(c.tokens.size()));
       p.insert(p.end(), c.tokens.begin(), c.tokens.end());
     }

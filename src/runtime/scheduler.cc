@@ -25,6 +25,14 @@ Scheduler::Scheduler(ForwardFn forward, int vocab, int eos_id, int max_ctx,
   opt_.prefill_chunk = std::max(1, opt_.prefill_chunk);
   opt_.step_tokens = std::max(opt_.prefill_chunk, opt_.step_tokens);
   for (int s = opt_.max_users - 1; s >= 0; --s) free_slots_.push_back(s);
+  slots_.resize(static_cast<size_t>(opt_.max_users));
+}
+
+void Scheduler::adopt_cache(const Scheduler& old) {
+  if (busy() || old.busy() || old.slots_.size() != slots_.size()) return;
+  slots_ = old.slots_;
+  clock_ = old.clock_;
+  prefix_stats_ = old.prefix_stats_;
 }
 
 double Scheduler::now() const {
@@ -39,6 +47,7 @@ int Scheduler::submit(Request r) {
          std::to_string(max_ctx_) + " tokens (room is needed for at least one new token)");
   for (int id : r.prompt)
     if (id < 0 || id >= vocab_) fail("unknown token id " + std::to_string(id) + " in prompt");
+  if (r.prompt_leader >= static_cast<int>(users_.size())) fail("prompt_leader is not an earlier user");
   UserState u;
   u.id = static_cast<int>(users_.size());
   u.rng = Rng(r.sampling.seed, static_cast<uint64_t>(u.id));
@@ -58,13 +67,79 @@ void Scheduler::cancel(int id) {
 
 bool Scheduler::busy() const { return !queue_.empty() || !active_.empty(); }
 
+namespace {
+constexpr size_t kMinReuse = 64;
+
+size_t common_prefix(const std::vector<int>& a, const std::vector<int>& b) {
+  const size_t n = std::min(a.size(), b.size());
+  size_t i = 0;
+  while (i < n && a[i] == b[i]) ++i;
+  return i;
+}
+}  // namespace
+
 void Scheduler::admit() {
-  while (!queue_.empty() && !free_slots_.empty()) {
-    UserState& u = users_[static_cast<size_t>(queue_.front())];
-    queue_.pop_front();
-    u.slot = free_slots_.back();
-    free_slots_.pop_back();
+  for (size_t qi = 0; qi < queue_.size() && !free_slots_.empty();) {
+    UserState& u = users_[static_cast<size_t>(queue_[qi])];
+    const std::vector<int>& p = u.req.prompt;
+    const int lead = u.req.prompt_leader;
+    const UserState* leader = lead >= 0 ? &users_[static_cast<size_t>(lead)] : nullptr;
+    // A choice waits for its leader's prompt (so it copies rather than prefills it), unless
+    // the leader has ended (its slot is then an ordinary cache entry).
+    if (leader && leader->finish == FinishReason::None && leader->fed < leader->req.prompt.size()) {
+      ++qi;
+      continue;
+    }
+    // Free slot: the longest shared prefix, then the least recently used.
+    size_t best = 0, best_len = 0;
+    for (size_t i = 0; i < free_slots_.size(); ++i) {
+      const SlotHistory& h = slots_[static_cast<size_t>(free_slots_[i])];
+      const SlotHistory& b = slots_[static_cast<size_t>(free_slots_[best])];
+      size_t len = opt_.prefix_cache ? common_prefix(h.tokens, p) : 0;
+      // A short match (BOS, a few template tokens) is not worth throwing a slot's longer
+      // history away for; such slots count as unmatched and LRU decides.
+      if (len < kMinReuse && 2 * len <= h.tokens.size()) len = 0;
+      if (len > best_len || (len == best_len && h.last_used < b.last_used)) {
+        best = i;
+        best_len = len;
+      }
+    }
+    // A running slot that shares more is copied into the least recently used free slot: the
+    // leader's always, another's when the prefix is long enough to be worth the copy.
+    int copy_from = -1;
+    for (int id : active_) {
+      const UserState& v = users_[static_cast<size_t>(id)];
+      if (id != lead && !opt_.prefix_cache) continue;
+      const size_t len = common_prefix(slots_[static_cast<size_t>(v.slot)].tokens, p);
+      if (len > best_len && (id == lead || len >= kMinReuse)) {
+        best_len = len;
+        copy_from = v.slot;
+      }
+    }
+    if (copy_from >= 0) {
+      best = 0;
+      for (size_t i = 1; i < free_slots_.size(); ++i)
+        if (slots_[static_cast<size_t>(free_slots_[i])].last_used <
+            slots_[static_cast<size_t>(free_slots_[best])].last_used)
+          best = i;
+    }
+    const size_t reuse = std::min(best_len, p.size() - 1);  // one token is fed for the logits
+    u.slot = free_slots_[best];
+    free_slots_.erase(free_slots_.begin() + static_cast<long>(best));
+    SlotHistory& h = slots_[static_cast<size_t>(u.slot)];
+    if (copy_from >= 0) h.tokens = slots_[static_cast<size_t>(copy_from)].tokens;
+    h.tokens.resize(reuse);
+    h.last_used = ++clock_;
+    u.fed = reuse;
+    u.reused = static_cast<int>(reuse);
+    u.start = static_cast<int>(reuse);
+    u.copy_from = reuse > 0 ? copy_from : -1;
+    ++prefix_stats_.requests;
+    prefix_stats_.hits += reuse > 0 ? 1 : 0;
+    prefix_stats_.prompt_tokens += static_cast<int64_t>(p.size());
+    prefix_stats_.reused_tokens += static_cast<int64_t>(reuse);
     active_.push_back(u.id);
+    queue_.erase(queue_.begin() + static_cast<long>(qi));
   }
 }
 
@@ -72,6 +147,7 @@ void Scheduler::finish(UserState& u, FinishReason r) {
   u.finish = r;
   u.t_done = now();
   if (u.slot >= 0) {
+    slots_[static_cast<size_t>(u.slot)].last_used = ++clock_;
     free_slots_.push_back(u.slot);
     u.slot = -1;
   }
@@ -102,10 +178,14 @@ StepStats Scheduler::step(const std::function<void(int, int)>& on_token,
         if (opt_.prefill_cap > 0) limit = std::min(limit, static_cast<size_t>(opt_.prefill_cap));
         n = std::min({limit - u.fed, static_cast<size_t>(opt_.prefill_chunk),
                       static_cast<size_t>(std::max(budget, 0))});
+        // A copy goes in the step after admission, while its source surely holds the prefix.
+        if (n == 0 && u.copy_from >= 0) n = 1;
         if (n == 0) continue;  // this step's prompt budget is spent; wait for the next
         budget -= static_cast<int>(n);
       }
-      c.fresh = u.fed == 0;
+      c.start = u.start;
+      c.copy_from = u.copy_from;
+      u.start = u.copy_from = -1;
       c.tokens.assign(p.begin() + static_cast<long>(u.fed), p.begin() + static_cast<long>(u.fed + n));
       u.fed += n;
       ++u.prompt_steps;
@@ -120,7 +200,18 @@ StepStats Scheduler::step(const std::function<void(int, int)>& on_token,
     owner.push_back(id);
   }
   st.users = static_cast<int>(batch.size());
-  const std::vector<float> logits = forward_(batch);
+  std::vector<float> logits;
+  try {
+    logits = forward_(batch);
+  } catch (...) {
+    // The slots may not hold what their histories say any more; forget them all.
+    for (SlotHistory& h : slots_) h.tokens.clear();
+    throw;
+  }
+  for (const SeqChunk& c : batch) {
+    std::vector<int>& t = slots_[static_cast<size_t>(c.slot)].tokens;
+    t.insert(t.end(), c.tokens.begin(), c.tokens.end());
+  }
   std::vector<int> finished;
   for (size_t i = 0; i < batch.size(); ++i) {
     if (!sample_after[i]) continue;

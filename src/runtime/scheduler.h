@@ -8,6 +8,14 @@
 //                  generating when their prompt runs out while others are still reading.
 // prefill_cap > 0 limits how many prompt tokens are prefilled in chunks; the rest are fed one
 // per step as decode (the seed demo caps prefill at 16k).
+//
+// Prefix cache (as llama.cpp's server does it, per slot): a slot remembers the tokens its KV
+// holds after its user leaves. A new user gets the free slot whose tokens share the longest
+// prefix with its prompt (the least recently used one when none does) and starts feeding after
+// that prefix, always leaving at least one prompt token to feed so its logits exist. When a
+// running user's slot shares a longer prefix, that prefix is copied into a free slot instead
+// (this is how choices of one prompt share it). The cache is bounded by the slots: a slot's
+// history is dropped when another sequence takes it.
 #pragma once
 #include <chrono>
 #include <deque>
@@ -28,6 +36,7 @@ struct SchedulerOptions {
   int step_tokens = 2048;     // prompt tokens per step over all users (decode tokens always go)
   int prefill_cap = 0;        // 0: none
   FeedMode mode = FeedMode::PrefillDecode;
+  bool prefix_cache = true;   // reuse the KV of earlier sequences that share a prefix
 };
 
 struct Request {
@@ -35,6 +44,9 @@ struct Request {
   int max_new_tokens = 64;
   SamplingParams sampling;
   bool stop_at_eos = true;
+  // A user id with the same prompt (an earlier choice of the same request): this user waits
+  // until that one has fed its prompt, then copies its KV instead of prefilling it again.
+  int prompt_leader = -1;
 };
 
 enum class FinishReason { None, Eos, Length, Context, Cancelled };
@@ -50,6 +62,21 @@ struct UserState {
   Rng rng;
   double t_submit = 0, t_first_token = -1, t_done = -1;  // seconds since scheduler start
   int prompt_steps = 0;    // steps that carried this user's prompt tokens
+  int reused = 0;          // prompt tokens whose KV came from the prefix cache (not prefilled)
+  int start = -1, copy_from = -1;  // the first chunk's SeqChunk::start / copy_from
+};
+
+// What a slot's KV holds, kept after its user leaves so a later prompt can reuse it.
+struct SlotHistory {
+  std::vector<int> tokens;  // tokens[i] is at position i
+  uint64_t last_used = 0;   // for least-recently-used choice among free slots
+};
+
+struct PrefixCacheStats {
+  int64_t requests = 0;       // users admitted to a slot
+  int64_t hits = 0;           // of which reused at least one token
+  int64_t prompt_tokens = 0;  // their prompt tokens
+  int64_t reused_tokens = 0;  // of which came from the cache
 };
 
 struct StepStats {
@@ -75,6 +102,11 @@ class Scheduler {
   const UserState& user(int id) const { return users_[static_cast<size_t>(id)]; }
   int n_users() const { return static_cast<int>(users_.size()); }
   double now() const;
+  const PrefixCacheStats& prefix_stats() const { return prefix_stats_; }
+  const std::vector<SlotHistory>& slots() const { return slots_; }
+  // Takes over another scheduler's slot histories and prefix statistics (when a scheduler
+  // is renewed over the same KV cache, so the cache survives).
+  void adopt_cache(const Scheduler& old);
 
  private:
   void admit();
@@ -87,6 +119,9 @@ class Scheduler {
   std::deque<int> queue_;
   std::vector<int> active_;     // user ids in slots, in admission order
   std::vector<int> free_slots_;
+  std::vector<SlotHistory> slots_;  // per slot
+  uint64_t clock_ = 0;
+  PrefixCacheStats prefix_stats_;
   std::chrono::steady_clock::time_point t0_;
 };
 

@@ -83,7 +83,8 @@ std::optional<ApiError> check_access(const AccessOptions& o, const RequestHead& 
   const std::string* origin = h.find("origin");
   if (origin && !origin_allowed(o, *origin))
     return refusal(403, "requests from web pages at origin '" + *origin + "' are not allowed (see --cors-origin)", "Origin");
-  const bool v1 = h.path == "/v1" || h.path.rfind("/v1/", 0) == 0;
+  // /metrics tells who uses the server how much, so it is keyed like /v1.
+  const bool v1 = h.path == "/v1" || h.path.rfind("/v1/", 0) == 0 || h.path == "/metrics";
   if (v1 && !o.api_keys.empty() && h.method != "OPTIONS") {
     const std::string* auth = h.find("authorization");
     if (!auth)

@@ -99,8 +99,7 @@ bool boolean(const json& j, const char* key) {
 // The fields both endpoints share. max_tokens is left at `default_max` (0: up to the context).
 void parse_common(const json& j, GenerationRequest& r, int default_max) {
   if (given(j, "model") && !j["model"].is_string()) bad("model", "'model' must be a string");
-  if (given(j, "n") && integer(j, "n", std::numeric_limits<int>::min(), std::numeric_limits<int>::max()) != 1)
-    bad("n", "only n=1 is supported (one choice per request), not n=" + j["n"].dump());
+  if (given(j, "n")) r.n = static_cast<int>(integer(j, "n", 1, 128));
   if (given(j, "best_of") && j["best_of"] != 1) bad("best_of", "only best_of=1 is supported");
   r.max_tokens = default_max;
   const char* max_key = given(j, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";

@@ -34,6 +34,7 @@ struct GenerationRequest {
   std::vector<std::string> stop;    // non-empty strings
   bool stream = false;
   bool include_usage = false;       // stream_options.include_usage: a last chunk with usage
+  int n = 1;                        // choices; the server bounds it by its slots
 };
 
 // Throw ApiError (status 400) naming the field for invalid JSON, a missing or ill-typed field,

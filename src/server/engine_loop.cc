@@ -53,27 +53,40 @@ void Job::end(FinishReason r, const std::string& error, int status) {
   cv_.notify_all();
 }
 
-EngineLoop::EngineLoop(Scheduler::ForwardFn forward, int vocab, int eos_id, int context, SchedulerOptions opt)
-    : forward_(std::move(forward)), vocab_(vocab), eos_id_(eos_id), context_(context), opt_(opt) {
+EngineLoop::EngineLoop(Scheduler::ForwardFn forward, int vocab, int eos_id, int context, SchedulerOptions opt,
+                       std::function<size_t()> kv_bytes)
+    : forward_(std::move(forward)), vocab_(vocab), eos_id_(eos_id), context_(context), opt_(opt),
+      kv_bytes_(std::move(kv_bytes)) {
   sched_.emplace(forward_, vocab_, eos_id_, context_, opt_);
   thread_ = std::thread([this] { run(); });
 }
 
 EngineLoop::~EngineLoop() { stop(); }
 
-std::shared_ptr<Job> EngineLoop::submit(Request r) {
-  auto job = std::make_shared<Job>();
-  job->req_ = std::move(r);
+std::shared_ptr<Job> EngineLoop::submit(Request r) { return submit_choices(std::move(r), 1)[0]; }
+
+std::vector<std::shared_ptr<Job>> EngineLoop::submit_choices(Request r, int n) {
+  std::vector<std::shared_ptr<Job>> jobs;
+  const auto t = std::chrono::steady_clock::now();
+  for (int i = 0; i < std::max(n, 1); ++i) {
+    auto job = std::make_shared<Job>();
+    job->req_ = r;
+    job->choice_ = i;
+    job->leader_ = i > 0 ? jobs[0] : nullptr;
+    job->t_submit_ = t;
+    jobs.push_back(std::move(job));
+  }
   {
     std::lock_guard lk(m_);
     if (!stopping_) {
-      incoming_.push_back(job);
+      // All choices in one go, so one admit() sees the leader before its followers.
+      incoming_.insert(incoming_.end(), jobs.begin(), jobs.end());
       cv_.notify_all();
-      return job;
+      return jobs;
     }
   }
-  job->end(FinishReason::Cancelled, "the server is shutting down", 503);
-  return job;
+  for (auto& job : jobs) job->end(FinishReason::Cancelled, "the server is shutting down", 503);
+  return jobs;
 }
 
 void EngineLoop::cancel(const std::shared_ptr<Job>& job, bool client_left) {
@@ -117,7 +130,10 @@ int EngineLoop::admit(std::vector<std::shared_ptr<Job>>& in) {
     try {
       Request r = job->req_;
       // submit() gives the next user id, n_users(); see seed_for_stream.
-      r.sampling.seed = seed_for_stream(r.sampling.seed, static_cast<uint64_t>(sched_->n_users()));
+      r.sampling.seed = seed_for_stream(r.sampling.seed, static_cast<uint64_t>(sched_->n_users()),
+                                        static_cast<uint64_t>(job->choice_));
+      if (job->leader_ && job->leader_->user_ >= 0 && jobs_.count(job->leader_->user_))
+        r.prompt_leader = job->leader_->user_;
       const int id = sched_->submit(std::move(r));
       job->user_ = id;
       jobs_[id] = job;
@@ -170,12 +186,28 @@ void EngineLoop::run() {
     }
     if (sched_->busy()) {
       try {
-        sched_->step([&](int id, int token) { jobs_.at(id)->push(token); },
+        const StepStats st = sched_->step(
+                     [&](int id, int token) {
+                       Job& job = *jobs_.at(id);
+                       job.push(token);
+                       const auto t = std::chrono::steady_clock::now();
+                       {
+                         std::lock_guard g(m_);
+                         EngineCounters& c = stats_.counters;
+                         ++c.generated_tokens;
+                         if (job.got_token_) c.itl.observe(std::chrono::duration<double>(t - job.t_last_).count());
+                         else c.ttft.observe(std::chrono::duration<double>(t - job.t_submit_).count());
+                       }
+                       job.got_token_ = true;
+                       job.t_last_ = t;
+                     },
                      [&](int id) {
                        count_end(*jobs_.at(id));
                        jobs_.at(id)->end(sched_->user(id).finish);
                        jobs_.erase(id);
                      });
+        std::lock_guard g(m_);
+        stats_.counters.prefilled_tokens += st.prompt_tokens;
       } catch (const std::exception& e) {
         // The requests of a step that failed cannot go on; the server can.
         std::fprintf(stderr, "mixtral serve: a forward step failed: %s\n", e.what());
@@ -187,11 +219,23 @@ void EngineLoop::run() {
         jobs_.clear();
       }
     }
-    if (!sched_->busy() && sched_->n_users() >= kRenewAfterUsers) sched_.emplace(forward_, vocab_, eos_id_, context_, opt_);
+    if (!sched_->busy() && sched_->n_users() >= kRenewAfterUsers) {
+      // The new scheduler takes over the slot histories: the KV cache outlives it.
+      Scheduler next(forward_, vocab_, eos_id_, context_, opt_);
+      next.adopt_cache(*sched_);
+      sched_.emplace(std::move(next));
+    }
+    const size_t kv_bytes = kv_bytes_ ? kv_bytes_() : 0;
+    const PrefixCacheStats ps = sched_->prefix_stats();
 
     int in_slots = 0;
     for (const auto& [id, job] : jobs_) in_slots += sched_->user(id).slot >= 0 ? 1 : 0;
     lk.lock();
+    stats_.counters.kv_bytes = kv_bytes;
+    stats_.counters.prompt_tokens = ps.prompt_tokens;
+    stats_.counters.reused_tokens = ps.reused_tokens;
+    stats_.counters.prefix_requests = ps.requests;
+    stats_.counters.prefix_hits = ps.hits;
     stats_.running = in_slots;
     stats_.waiting = static_cast<int>(jobs_.size()) - in_slots;
   }
@@ -232,9 +276,10 @@ uint64_t unsplitmix64(uint64_t r) {
 
 }  // namespace
 
-uint64_t seed_for_stream(uint64_t seed, uint64_t stream) {
+uint64_t seed_for_stream(uint64_t seed, uint64_t stream, uint64_t choice) {
   // Rng(seed, stream) starts from splitmix64(seed) ^ stream * K (runtime/sampling.cc).
-  return unsplitmix64(splitmix64(seed) ^ (stream * 0xd1b54a32d192ed03ULL));
+  constexpr uint64_t K = 0xd1b54a32d192ed03ULL;
+  return unsplitmix64(splitmix64(seed) ^ (stream * K) ^ (choice * K));
 }
 
 }  // namespace mx::server

@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "runtime/scheduler.h"
+#include "server/metrics.h"
 
 namespace mx::server {
 
@@ -47,6 +49,11 @@ class Job {
   int error_status_ = 0;
   Request req_;
   int user_ = -1;  // scheduler user id once admitted (engine thread only)
+  // Choices of one request (n > 1): choice_ > 0 shares the prompt of `leader_`, choice 0.
+  std::shared_ptr<Job> leader_;
+  int choice_ = 0;
+  std::chrono::steady_clock::time_point t_submit_, t_last_;  // engine thread only after submit
+  bool got_token_ = false;
   bool counted_ = false;  // in EngineStats::completed (guarded by the EngineLoop's mutex)
 };
 
@@ -55,17 +62,24 @@ struct EngineStats {
   int waiting = 0;   // requests handed in that have no slot yet
   int64_t completed = 0;  // finished (EOS, length, stop string), cancelled or failed
   int64_t cancelled = 0;  // by cancel(job, true): the client left
+  EngineCounters counters;  // tokens, prefix cache, latencies, KV bytes (for /metrics)
 };
 
 class EngineLoop {
  public:
-  EngineLoop(Scheduler::ForwardFn forward, int vocab, int eos_id, int context, SchedulerOptions opt);
+  // kv_bytes (optional) reports the KV cache's memory; it is called on the engine thread.
+  EngineLoop(Scheduler::ForwardFn forward, int vocab, int eos_id, int context, SchedulerOptions opt,
+             std::function<size_t()> kv_bytes = {});
   ~EngineLoop();  // stop()
   EngineLoop(const EngineLoop&) = delete;
   EngineLoop& operator=(const EngineLoop&) = delete;
 
   // Never blocks on the model. After stop() the job ends at once with a 503 error.
   std::shared_ptr<Job> submit(Request r);
+  // n choices of one prompt: choice i samples with stream i of the request's seed (choice 0 as
+  // submit() would), and choices after the first copy the first one's prompt KV instead of
+  // prefilling it.
+  std::vector<std::shared_ptr<Job>> submit_choices(Request r, int n);
   // Ends the request at the next step boundary (or before it starts) and frees its slot.
   // `client_left` counts it as cancelled; a stop string that matched ends it as completed.
   void cancel(const std::shared_ptr<Job>& job, bool client_left = true);
@@ -84,6 +98,7 @@ class EngineLoop {
   Scheduler::ForwardFn forward_;
   int vocab_, eos_id_, context_;
   SchedulerOptions opt_;
+  std::function<size_t()> kv_bytes_;
   std::optional<Scheduler> sched_;  // engine thread only
   std::unordered_map<int, std::shared_ptr<Job>> jobs_;  // by scheduler user id; engine thread only
 
@@ -100,6 +115,7 @@ class EngineLoop {
 // differently depending on how many requests came before. This returns the seed that makes
 // Rng(result, stream) start exactly like Rng(seed, 0), so a seeded request always samples the
 // same way (inverting Rng's splitmix64 mixing; tested against runtime/sampling.cc).
-uint64_t seed_for_stream(uint64_t seed, uint64_t stream);
+// `choice` > 0 gives Rng(seed, choice) instead: the stream of an n > 1 request's choice.
+uint64_t seed_for_stream(uint64_t seed, uint64_t stream, uint64_t choice = 0);
 
 }  // namespace mx::server

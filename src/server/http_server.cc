@@ -19,6 +19,7 @@
 #include "server/engine_loop.h"
 #include "server/front_door.h"
 #include "server/httplib_abi.h"
+#include "server/metrics.h"
 #include "server/text_stream.h"
 
 namespace mx::server {
@@ -102,6 +103,19 @@ class BufferedStream : public httplib::Stream {
   size_t pos_ = 0;
 };
 
+// One choice of a request: its job and its text so far.
+struct Choice {
+  std::shared_ptr<Job> job;
+  std::unique_ptr<TextStream> ts;
+  bool ended = false;  // done, stopped or failed; its last chunk is out
+};
+
+bool all_ended(const std::vector<Choice>& cs) {
+  for (const Choice& c : cs)
+    if (!c.ended) return false;
+  return true;
+}
+
 // Counts the generation requests a handler holds (parsing, queued, running, streaming).
 struct Admission {
   std::atomic<int>& n;
@@ -121,6 +135,7 @@ struct HttpServer::Impl {
   std::unique_ptr<FrontDoor> door;
   std::atomic<int> generating{0};
   std::atomic<uint64_t> next_id{0};
+  RequestCounter requests;
   int64_t started = std::time(nullptr);
 
   Impl(EngineLoop& e, const Tokenizer& t, ServerOptions o)
@@ -158,88 +173,131 @@ struct HttpServer::Impl {
       send_error(res, e);
       return;
     }
+    if (g.n > opt.max_users) {
+      send_error(res, ApiError(400, "'n' is " + std::to_string(g.n) + " but this server runs at most " +
+                                        std::to_string(opt.max_users) + " sequences at once (--max-users)",
+                               "n"));
+      return;
+    }
     Request r;
     r.prompt = g.prompt;
     r.max_new_tokens = g.max_tokens;
     r.sampling = g.sampling;
-    std::shared_ptr<Job> job = engine.submit(std::move(r));
+    auto choices = std::make_shared<std::vector<Choice>>();
+    for (auto& job : engine.submit_choices(std::move(r), g.n))
+      choices->push_back(Choice{job, std::make_unique<TextStream>(tok, g.stop)});
     const ResponseMeta m = meta(chat);
     const int prompt_tokens = static_cast<int>(g.prompt.size());
     if (g.stream) {
-      stream(res, job, m, g, prompt_tokens);
+      stream(res, choices, m, g, prompt_tokens);
       return;
     }
-    TextStream ts(tok, g.stop);
-    std::string text;
-    std::vector<int> tokens;
-    while (true) {
-      tokens.clear();
-      job->wait(tokens, kPing);
-      text += ts.push(tokens);
-      if (ts.stopped()) {
-        engine.cancel(job, false);
-        break;
+    std::vector<std::string> texts(choices->size());
+    // Round robin over the choices (they advance in the same engine steps), so a stop string in
+    // any of them ends that one at once.
+    while (!all_ended(*choices)) {
+      bool waited = false;
+      for (size_t i = 0; i < choices->size(); ++i) {
+        Choice& c = (*choices)[i];
+        if (c.ended) continue;
+        std::vector<int> tokens;
+        c.job->wait(tokens, waited ? std::chrono::milliseconds(0) : kPing);
+        waited = true;
+        texts[i] += c.ts->push(tokens);
+        if (c.ts->stopped()) engine.cancel(c.job, false);
+        c.ended = c.ts->stopped() || c.job->done();
       }
-      if (job->done()) break;
     }
-    if (!ts.stopped() && !job->error().empty()) {
-      const int status = job->error_status();
-      send_error(res, ApiError(status, job->error(), "", status >= 500 ? "server_error" : "invalid_request_error"));
-      return;
+    Usage usage{prompt_tokens, 0};
+    for (size_t i = 0; i < choices->size(); ++i) {
+      Choice& c = (*choices)[i];
+      if (!c.ts->stopped() && !c.job->error().empty()) {
+        for (Choice& o : *choices) engine.cancel(o.job, false);
+        const int status = c.job->error_status();
+        send_error(res, ApiError(status, c.job->error(), "", status >= 500 ? "server_error" : "invalid_request_error"));
+        return;
+      }
+      texts[i] += c.ts->finish();
+      usage.completion_tokens += c.ts->tokens();  // the prompt is counted once, in prompt_tokens
     }
-    text += ts.finish();
-    const json body = response_json(m, text, finish_name(job->finish(), ts.stopped()), {prompt_tokens, ts.tokens()});
+    json body;
+    for (size_t i = 0; i < choices->size(); ++i) {
+      Choice& c = (*choices)[i];
+      json one = response_json(m, texts[i], finish_name(c.job->finish(), c.ts->stopped()), usage);
+      if (i == 0) {
+        body = std::move(one);
+      } else {
+        one["choices"][0]["index"] = i;
+        body["choices"].push_back(one["choices"][0]);
+      }
+    }
     res.set_content(dump(body), "application/json");
   }
 
-  // Server-sent events: one chunk per piece of text, a last chunk with finish_reason, then
-  // [DONE]. A write that fails means the client left: the request is cancelled.
-  void stream(httplib::Response& res, std::shared_ptr<Job> job, const ResponseMeta& m, const GenerationRequest& g,
-              int prompt_tokens) {
-    auto ts = std::make_shared<TextStream>(tok, g.stop);
+  // Server-sent events: one chunk per piece of text (choices[0].index says whose), a last chunk
+  // per choice with finish_reason, then [DONE]. A write that fails means the client left: the
+  // request is cancelled.
+  void stream(httplib::Response& res, std::shared_ptr<std::vector<Choice>> choices, const ResponseMeta& m,
+              const GenerationRequest& g, int prompt_tokens) {
     const bool include_usage = g.include_usage;
     EngineLoop* eng = &engine;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
     // The provider runs after the handler returns, so it holds the admission itself.
     auto held = std::make_shared<Admission>(generating);
+    auto cancel_all = [eng, choices] {
+      for (Choice& c : *choices) eng->cancel(c.job);
+    };
     res.set_chunked_content_provider(
         "text/event-stream",
-        [eng, job, ts, m, include_usage, prompt_tokens, held](size_t, httplib::DataSink& sink) {
+        [eng, choices, m, include_usage, prompt_tokens, held, cancel_all](size_t, httplib::DataSink& sink) {
           auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
           auto leave = [&] {
-            eng->cancel(job);
+            cancel_all();
             return false;
           };
-          if (m.chat && !write(sse(chunk_json(m, "", "", true)))) return leave();
-          std::vector<int> tokens;
-          while (true) {
-            tokens.clear();
-            const bool changed = job->wait(tokens, kPing);
-            const std::string piece = ts->push(tokens);
-            if (!piece.empty() && !write(sse(chunk_json(m, piece, "", false)))) return leave();
-            if (ts->stopped()) {
-              eng->cancel(job, false);
-              break;
+          auto chunk = [&](size_t i, const std::string& text, const std::string& finish, bool first) {
+            json j = chunk_json(m, text, finish, first);
+            j["choices"][0]["index"] = i;
+            return write(sse(j));
+          };
+          if (m.chat)
+            for (size_t i = 0; i < choices->size(); ++i)
+              if (!chunk(i, "", "", true)) return leave();
+          while (!all_ended(*choices)) {
+            bool waited = false, changed = false;
+            for (size_t i = 0; i < choices->size(); ++i) {
+              Choice& c = (*choices)[i];
+              if (c.ended) continue;
+              std::vector<int> tokens;
+              changed |= c.job->wait(tokens, waited ? std::chrono::milliseconds(0) : kPing);
+              waited = true;
+              const std::string piece = c.ts->push(tokens);
+              if (!piece.empty() && !chunk(i, piece, "", false)) return leave();
+              if (c.ts->stopped()) eng->cancel(c.job, false);
+              c.ended = c.ts->stopped() || c.job->done();
+              if (!c.ended) continue;
+              if (!c.ts->stopped() && !c.job->error().empty()) {
+                cancel_all();
+                const ApiError e(c.job->error_status(), c.job->error(), "", "server_error");
+                write(sse(error_json(e)));
+                sink.done();
+                return true;
+              }
+              const std::string rest = c.ts->finish();
+              if (!chunk(i, rest, finish_name(c.job->finish(), c.ts->stopped()), false)) return leave();
             }
-            if (job->done()) break;
-            if (!changed && !write(": ping\n\n")) return leave();
+            if (!changed && !all_ended(*choices) && !write(": ping\n\n")) return leave();
           }
-          if (!ts->stopped() && !job->error().empty()) {
-            const ApiError e(job->error_status(), job->error(), "", "server_error");
-            write(sse(error_json(e)));
-            sink.done();
-            return true;
-          }
-          const std::string rest = ts->finish();
-          if (!write(sse(chunk_json(m, rest, finish_name(job->finish(), ts->stopped()), false)))) return leave();
-          if (include_usage && !write(sse(usage_chunk_json(m, {prompt_tokens, ts->tokens()})))) return leave();
+          Usage u{prompt_tokens, 0};
+          for (const Choice& c : *choices) u.completion_tokens += c.ts->tokens();
+          if (include_usage && !write(sse(usage_chunk_json(m, u)))) return leave();
           if (!write("data: [DONE]\n\n")) return leave();
           sink.done();
           return true;
         },
-        [eng, job](bool success) {
-          if (!success) eng->cancel(job);
+        [cancel_all](bool success) {
+          if (!success) cancel_all();
         });
   }
 
@@ -263,17 +321,43 @@ struct HttpServer::Impl {
 
   std::string health_body() const {
     const EngineStats s = engine.stats();
+    const EngineCounters& c = s.counters;
+    auto ratio = [](int64_t a, int64_t b) { return b > 0 ? static_cast<double>(a) / static_cast<double>(b) : 0.0; };
     return dump(json{{"status", "ok"},
                      {"running", s.running},
                      {"waiting", s.waiting},
                      {"completed", s.completed},
                      {"cancelled", s.cancelled},
                      {"max_users", opt.max_users},
-                     {"max_queue", opt.max_queue}});
+                     {"max_queue", opt.max_queue},
+                     {"prefix_cache",
+                      {{"requests", c.prefix_requests},
+                       {"hits", c.prefix_hits},
+                       {"prompt_tokens", c.prompt_tokens},
+                       {"reused_tokens", c.reused_tokens},
+                       {"token_hit_rate", ratio(c.reused_tokens, c.prompt_tokens)},
+                       {"request_hit_rate", ratio(c.prefix_hits, c.prefix_requests)}}}});
+  }
+
+  std::string metrics_body() const {
+    const EngineStats s = engine.stats();
+    MetricsInput in;
+    in.requests = requests.snapshot();
+    in.engine = s.counters;
+    in.running = s.running;
+    in.waiting = s.waiting;
+    in.max_users = opt.max_users;
+    return render_metrics(in);
   }
 
   // On the FrontDoor's thread, before the body is read: refusals, CORS preflights and /health.
   std::optional<Reply> early(const RequestHead& h) {
+    std::optional<Reply> r = early_reply(h);
+    if (r) requests.count(h.method, h.path, r->status);
+    return r;
+  }
+
+  std::optional<Reply> early_reply(const RequestHead& h) {
     Reply r;
     if (std::optional<ApiError> e = check_access(access, h)) {
       r.status = e->status;
@@ -287,10 +371,11 @@ struct HttpServer::Impl {
       r.headers = cors_headers(access, h, true);
       return r;
     }
-    if (h.method == "GET" && h.path == "/health") {
+    if (h.method == "GET" && (h.path == "/health" || h.path == "/metrics")) {
       // Answered here, never queued behind requests that hold workers.
-      r.body = health_body();
+      r.body = h.path == "/health" ? health_body() : metrics_body();
       r.headers = cors_headers(access, h, false);
+      if (h.path == "/metrics") r.content_type = "text/plain; version=0.0.4; charset=utf-8";
       return r;
     }
     return std::nullopt;
@@ -328,6 +413,9 @@ struct HttpServer::Impl {
     get_only("/health", [this](const httplib::Request&, httplib::Response& s) {
       s.set_content(health_body(), "application/json");
     });
+    get_only("/metrics", [this](const httplib::Request&, httplib::Response& s) {
+      s.set_content(metrics_body(), "text/plain; version=0.0.4; charset=utf-8");
+    });
 
     // Requests from an allowed browser origin (the FrontDoor refused the others) may read replies.
     svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
@@ -357,7 +445,8 @@ struct HttpServer::Impl {
       }
       send_error(res, ApiError(500, msg, "", "server_error"));
     });
-    svr.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+      requests.count(req.method, req.path, res.status);
       std::fprintf(stderr, "mixtral serve: %s %s -> %d\n", req.method.c_str(), req.path.c_str(), res.status);
     });
   }
