@@ -445,8 +445,12 @@ struct HttpServer::Impl {
       }
       send_error(res, ApiError(500, msg, "", "server_error"));
     });
-    svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    // Counted before the reply is written (the logger runs after it), so a client that got its
+    // reply always finds it in /metrics.
+    svr.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
       requests.count(req.method, req.path, res.status);
+    });
+    svr.set_logger([](const httplib::Request& req, const httplib::Response& res) {
       std::fprintf(stderr, "mixtral serve: %s %s -> %d\n", req.method.c_str(), req.path.c_str(), res.status);
     });
   }
