@@ -12,11 +12,13 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "model/forward.h"
 #include "runtime/sampling.h"
+#include "runtime/token_hook.h"
 
 namespace mx {
 
@@ -35,6 +37,7 @@ struct Request {
   int max_new_tokens = 64;
   SamplingParams sampling;
   bool stop_at_eos = true;
+  std::shared_ptr<TokenHook> hook;  // optional; called on the stepping thread
 };
 
 enum class FinishReason { None, Eos, Length, Context, Cancelled };
