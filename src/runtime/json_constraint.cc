@@ -194,6 +194,7 @@ bool JsonMachine::start_value(uint8_t c, int node) {
     if (!(n.types & (kJsonNumber | kJsonInteger))) return false;
     lex_.mode = kNum;
     lex_.sub = c == '-' ? kNSign : c == '0' ? kNZero : kNInt;
+    lex_.pos = 1;
     return true;
   }
   for (uint8_t i = 0; i < 3; ++i) {
@@ -335,12 +336,16 @@ bool JsonMachine::step(uint8_t c) {
       const bool integer_only = !(nodes_[lex_.node].types & kJsonNumber);
       uint8_t& s = lex_.sub;
       if (is_digit(c)) {
+        // lex.pos counts the digits of the integer part or of the exponent: capped so that
+        // every parser reads the number as a finite double (nlohmann refuses 1e400).
         switch (s) {
-          case kNSign: s = c == '0' ? kNZero : kNInt; return true;
+          case kNSign: s = c == '0' ? kNZero : kNInt; lex_.pos = 1; return true;
           case kNZero: break;  // no leading zeros: the number ends here
-          case kNInt: case kNFrac: case kNExp: return true;
+          case kNInt: return ++lex_.pos <= kJsonMaxIntDigits;
+          case kNFrac: return true;
+          case kNExp: return ++lex_.pos <= kJsonMaxExpDigits;
           case kNDot: s = kNFrac; return true;
-          case kNE: case kNESign: s = kNExp; return true;
+          case kNE: case kNESign: s = kNExp; lex_.pos = 1; return true;
         }
       } else if (c == '.' && (s == kNZero || s == kNInt) && !integer_only) {
         s = kNDot;

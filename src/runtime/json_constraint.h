@@ -52,6 +52,8 @@ constexpr int kJsonMaxDepth = 32;      // nesting of objects and arrays
 constexpr int kJsonMaxProps = 64;      // properties per object schema
 constexpr int kJsonMaxEnum = 64;       // enum values per node
 constexpr int kJsonMaxWhitespace = 16; // whitespace bytes in a row (else a model can idle forever)
+constexpr uint32_t kJsonMaxIntDigits = 20;  // digits before the point: numbers stay finite doubles
+constexpr uint32_t kJsonMaxExpDigits = 2;   // exponent digits
 
 JsonSchema compile_json_schema(const nlohmann::json& schema);
 // response_format json_object: any JSON object.

@@ -416,9 +416,10 @@ json finish_or_null(const std::string& f) { return f.empty() ? json(nullptr) : j
 
 }  // namespace
 
-json response_json(const ResponseMeta& m, const std::string& text, const std::string& finish_reason, const Usage& u) {
+json response_json(const ResponseMeta& m, const std::string& text, const std::string& finish_reason, const Usage& u,
+                   const json& logprobs) {
   json r = head(m, m.chat ? "chat.completion" : "text_completion");
-  json choice = {{"index", 0}, {"finish_reason", finish_reason}, {"logprobs", nullptr}};
+  json choice = {{"index", 0}, {"finish_reason", finish_reason}, {"logprobs", logprobs}};
   if (m.chat) choice["message"] = {{"role", "assistant"}, {"content", text}};
   else choice["text"] = text;
   r["choices"] = json::array({choice});
@@ -426,9 +427,10 @@ json response_json(const ResponseMeta& m, const std::string& text, const std::st
   return r;
 }
 
-json chunk_json(const ResponseMeta& m, const std::string& text, const std::string& finish_reason, bool first) {
+json chunk_json(const ResponseMeta& m, const std::string& text, const std::string& finish_reason, bool first,
+                const json& logprobs) {
   json r = head(m, m.chat ? "chat.completion.chunk" : "text_completion");
-  json choice = {{"index", 0}, {"finish_reason", finish_or_null(finish_reason)}, {"logprobs", nullptr}};
+  json choice = {{"index", 0}, {"finish_reason", finish_or_null(finish_reason)}, {"logprobs", logprobs}};
   if (m.chat) {
     json delta = json::object();
     if (first) delta["role"] = "assistant";

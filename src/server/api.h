@@ -80,12 +80,15 @@ struct Usage {
 };
 
 // The whole (non-streamed) response.
+// `logprobs` is choices[0].logprobs (null unless asked for).
 nlohmann::json response_json(const ResponseMeta& m, const std::string& text,
-                             const std::string& finish_reason, const Usage& u);
+                             const std::string& finish_reason, const Usage& u,
+                             const nlohmann::json& logprobs = nullptr);
 // One stream chunk: `text` as choices[0].text / delta.content; finish_reason null when empty.
 // `first` adds delta.role for chat.
 nlohmann::json chunk_json(const ResponseMeta& m, const std::string& text,
-                          const std::string& finish_reason, bool first);
+                          const std::string& finish_reason, bool first,
+                          const nlohmann::json& logprobs = nullptr);
 // The extra last chunk with empty choices and usage (stream_options.include_usage).
 nlohmann::json usage_chunk_json(const ResponseMeta& m, const Usage& u);
 
