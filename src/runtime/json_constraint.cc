@@ -228,7 +228,9 @@ bool JsonMachine::step(uint8_t c) {
   const uint8_t mode = lex_.mode;
   if (mode <= kDone && is_ws(c)) {
     if (mode == kDone) return false;  // nothing follows a complete document but EOS
-    return ++lex_.ws <= kJsonMaxWhitespace;
+    // Before the document one space at most (a first token such as "▁{"); models otherwise
+    // like to pad the start.
+    return ++lex_.ws <= (depth_ == 0 && mode == kValue ? 1 : kJsonMaxWhitespace);
   }
   switch (mode) {
     case kValue: return start_value(c, lex_.node);
@@ -447,18 +449,47 @@ std::vector<std::string> token_texts(const Tokenizer& tok) {
   return out;
 }
 
-void json_allowed_tokens(const JsonMachine& m, const std::vector<std::string>& texts, int eos_id,
-                         std::vector<uint8_t>& allowed) {
+JsonVocab json_vocab(std::vector<std::string> texts) {
+  JsonVocab v;
+  v.string_safe.assign(texts.size(), 0);
+  for (size_t id = 0; id < texts.size(); ++id) {
+    const std::string& t = texts[id];
+    if (t.empty()) continue;
+    int need = 0;
+    bool ok = true;
+    for (unsigned char c : t) {
+      if (need > 0) {
+        ok = (c & 0xC0) == 0x80;
+        --need;
+      } else if (c < 0x20 || c == '"' || c == '\\') {
+        ok = false;
+      } else if (c >= 0x80) {
+        need = c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2 : c >= 0xF0 && c <= 0xF4 ? 3 : -1;
+        ok = need > 0;
+      }
+      if (!ok) break;
+    }
+    v.string_safe[id] = ok && need == 0;
+  }
+  v.texts = std::move(texts);
+  return v;
+}
+
+bool JsonMachine::in_plain_string() const { return lex_.mode == kStr && lex_.utf8_need == 0; }
+
+void json_allowed_tokens(const JsonMachine& m, const JsonVocab& v, int eos_id, std::vector<uint8_t>& allowed) {
+  const std::vector<std::string>& texts = v.texts;
   allowed.assign(texts.size(), 0);
   bool first_ok[256];
   for (int c = 0; c < 256; ++c) {
     const char ch = static_cast<char>(c);
     first_ok[c] = m.accepts(std::string_view(&ch, 1));
   }
+  const bool plain = m.in_plain_string();
   for (size_t id = 0; id < texts.size(); ++id) {
     const std::string& t = texts[id];
     if (t.empty() || !first_ok[static_cast<uint8_t>(t[0])]) continue;
-    allowed[id] = t.size() == 1 || m.accepts(t);
+    allowed[id] = t.size() == 1 || (plain && v.string_safe[id]) || m.accepts(t);
   }
   if (eos_id >= 0 && static_cast<size_t>(eos_id) < texts.size()) allowed[static_cast<size_t>(eos_id)] = m.can_end();
 }

@@ -70,6 +70,8 @@ class JsonMachine {
   bool can_end() const;
   // Complete and nothing may follow but EOS.
   bool done() const;
+  // Inside a string value between characters: string-safe text leaves the state unchanged.
+  bool in_plain_string() const;
 
   // For token masking: whether `s` can follow the current state, without changing it.
   bool accepts(std::string_view s) const;
@@ -106,10 +108,18 @@ class JsonMachine {
 // and unknown tokens are empty (never allowed in JSON output).
 std::vector<std::string> token_texts(const Tokenizer& tok);
 
+// Token texts with what the mask precomputes from them: string_safe[id] = 1 when the text is
+// whole UTF-8 characters without control characters, quotes or backslashes, i.e. leaves the
+// inside of a string as it was (most of the vocabulary: inside strings they need no run).
+struct JsonVocab {
+  std::vector<std::string> texts;
+  std::vector<uint8_t> string_safe;
+};
+JsonVocab json_vocab(std::vector<std::string> texts);
+
 // The vocabulary mask for one step: allowed[id] = 1 if token id's text can follow `m` (EOS:
 // if m.can_end()). Tokens are pre-filtered on their first byte (one automaton step per byte
 // value), so only plausible tokens are run through the automaton in full.
-void json_allowed_tokens(const JsonMachine& m, const std::vector<std::string>& texts, int eos_id,
-                         std::vector<uint8_t>& allowed);
+void json_allowed_tokens(const JsonMachine& m, const JsonVocab& v, int eos_id, std::vector<uint8_t>& allowed);
 
 }  // namespace mx

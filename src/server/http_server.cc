@@ -118,7 +118,7 @@ struct HttpServer::Impl {
   ServerOptions opt;
   AccessOptions access;
   size_t per_token;  // max_bytes_per_token(tok), computed once
-  std::vector<std::string> texts;  // token_texts(tok): JSON mode and logprobs
+  JsonVocab vocab;  // token_texts(tok) and what JSON mode precomputes from them
   RequestProcessor svr;
   std::unique_ptr<FrontDoor> door;
   std::atomic<int> generating{0};
@@ -126,7 +126,7 @@ struct HttpServer::Impl {
   int64_t started = std::time(nullptr);
 
   Impl(EngineLoop& e, const Tokenizer& t, ServerOptions o)
-      : engine(e), tok(t), opt(std::move(o)), per_token(max_bytes_per_token(t)), texts(token_texts(t)) {
+      : engine(e), tok(t), opt(std::move(o)), per_token(max_bytes_per_token(t)), vocab(json_vocab(token_texts(t))) {
     if (opt.max_queue <= 0) opt.max_queue = 2 * opt.max_users;
     access.api_keys = opt.api_keys;
     access.cors_origins = opt.cors_origins;
@@ -169,7 +169,7 @@ struct HttpServer::Impl {
     ho.score_prompt = g.echo && g.logprobs >= 0;
     ho.adjust = g.adjust;
     ho.json = g.json;
-    ho.texts = &texts;
+    ho.vocab = &vocab;
     ho.eos_id = tok.eos_id();
     auto hook = std::make_shared<RequestHook>(std::move(ho), g.prompt);
     if (hook->active()) r.hook = hook;
@@ -178,7 +178,7 @@ struct HttpServer::Impl {
     const ResponseMeta m = meta(chat);
     const int prompt_tokens = static_cast<int>(g.prompt.size());
     auto gp = std::make_shared<GenerationRequest>(std::move(g));
-    auto cs = std::make_shared<ChoiceStream>(tok, texts, *gp, hook);
+    auto cs = std::make_shared<ChoiceStream>(tok, vocab.texts, *gp, hook);
     if (gp->stream) {
       stream(res, job, m, gp, cs, prompt_tokens);
       return;

@@ -53,7 +53,7 @@ void RequestHook::adjust(float* logits, int vocab) {
   }
   const float ninf = -std::numeric_limits<float>::infinity();
   if (machine_) {
-    json_allowed_tokens(*machine_, *opt_.texts, opt_.eos_id, allowed_);
+    json_allowed_tokens(*machine_, *opt_.vocab, opt_.eos_id, allowed_);
     for (int i = 0; i < vocab; ++i)
       if (i >= static_cast<int>(allowed_.size()) || !allowed_[static_cast<size_t>(i)]) logits[i] = ninf;
   }
@@ -69,7 +69,7 @@ void RequestHook::adjust(float* logits, int vocab) {
 
 void RequestHook::picked(const float* raw, int vocab, int token) {
   counts_.add(token);
-  if (machine_ && token != opt_.eos_id) machine_->feed((*opt_.texts)[static_cast<size_t>(token)]);
+  if (machine_ && token != opt_.eos_id) machine_->feed(opt_.vocab->texts[static_cast<size_t>(token)]);
   if (opt_.top_logprobs < 0) return;
   TokenLogprob e = token_logprob(raw, vocab, token, opt_.top_logprobs);
   std::lock_guard lk(m_);

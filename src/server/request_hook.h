@@ -27,7 +27,7 @@ struct HookOptions {
   bool score_prompt = false;   // echo with logprobs: score every prompt token too
   LogitAdjust adjust;
   std::shared_ptr<const JsonSchema> json;               // response_format; null: free text
-  const std::vector<std::string>* texts = nullptr;      // token_texts(), needed with json
+  const JsonVocab* vocab = nullptr;                      // needed with json
   int eos_id = -1;
 };
 
