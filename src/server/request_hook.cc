@@ -64,7 +64,10 @@ void RequestHook::adjust(float* logits, int vocab) {
   if (!any && !raw_.empty()) {
     for (int i = 0; i < vocab; ++i)
       logits[i] = machine_ && !allowed_[static_cast<size_t>(i)] ? ninf : raw_[static_cast<size_t>(i)];
+    for (int i = 0; i < vocab && !any; ++i) any = logits[i] > ninf;
   }
+  // Never expected (the automaton has no dead ends), but ending this request beats a throw.
+  if (!any && opt_.eos_id >= 0 && opt_.eos_id < vocab) logits[opt_.eos_id] = 0;
 }
 
 void RequestHook::picked(const float* raw, int vocab, int token) {
