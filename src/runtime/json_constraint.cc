@@ -1,5 +1,6 @@
 #include "runtime/json_constraint.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "runtime/tokenizer.h"
@@ -413,16 +414,16 @@ bool JsonMachine::can_end() const {
 
 bool JsonMachine::done() const { return lex_.mode == kDone; }
 
-bool JsonMachine::accepts(std::string_view s) const {
+size_t JsonMachine::accepted_prefix(std::string_view s) const {
   // Copies only the live part of the stack: a token is a few bytes, the copy must be as cheap.
   JsonMachine t;
   t.nodes_ = nodes_;
   t.lex_ = lex_;
   t.depth_ = depth_;
   std::memcpy(t.stack_, stack_, sizeof(Frame) * static_cast<size_t>(depth_));
-  for (char c : s)
-    if (!t.step(static_cast<uint8_t>(c))) return false;
-  return true;
+  for (size_t i = 0; i < s.size(); ++i)
+    if (!t.step(static_cast<uint8_t>(s[i]))) return i;
+  return s.size();
 }
 
 std::vector<std::string> token_texts(const Tokenizer& tok) {
@@ -471,6 +472,9 @@ JsonVocab json_vocab(std::vector<std::string> texts) {
     }
     v.string_safe[id] = ok && need == 0;
   }
+  v.order.resize(texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) v.order[i] = static_cast<int>(i);
+  std::sort(v.order.begin(), v.order.end(), [&](int a, int b) { return texts[static_cast<size_t>(a)] < texts[static_cast<size_t>(b)]; });
   v.texts = std::move(texts);
   return v;
 }
@@ -486,10 +490,23 @@ void json_allowed_tokens(const JsonMachine& m, const JsonVocab& v, int eos_id, s
     first_ok[c] = m.accepts(std::string_view(&ch, 1));
   }
   const bool plain = m.in_plain_string();
-  for (size_t id = 0; id < texts.size(); ++id) {
+  std::string_view dead;  // a rejected prefix: every token starting with it is rejected too
+  for (int i : v.order) {
+    const size_t id = static_cast<size_t>(i);
     const std::string& t = texts[id];
-    if (t.empty() || !first_ok[static_cast<uint8_t>(t[0])]) continue;
-    allowed[id] = t.size() == 1 || (plain && v.string_safe[id]) || m.accepts(t);
+    if (t.empty()) continue;
+    if (!dead.empty() && std::string_view(t).substr(0, dead.size()) == dead) continue;
+    if (!first_ok[static_cast<uint8_t>(t[0])]) {
+      dead = std::string_view(t).substr(0, 1);
+      continue;
+    }
+    if (t.size() == 1 || (plain && v.string_safe[id])) {
+      allowed[id] = 1;
+      continue;
+    }
+    const size_t n = m.accepted_prefix(t);
+    if (n == t.size()) allowed[id] = 1;
+    else dead = std::string_view(t).substr(0, n + 1);
   }
   if (eos_id >= 0 && static_cast<size_t>(eos_id) < texts.size()) allowed[static_cast<size_t>(eos_id)] = m.can_end();
 }

@@ -74,7 +74,9 @@ class JsonMachine {
   bool in_plain_string() const;
 
   // For token masking: whether `s` can follow the current state, without changing it.
-  bool accepts(std::string_view s) const;
+  bool accepts(std::string_view s) const { return accepted_prefix(s) == s.size(); }
+  // How many leading bytes of `s` can follow the current state (s.size() when all can).
+  size_t accepted_prefix(std::string_view s) const;
 
   struct Frame {
     uint64_t seen;  // object: properties already given
@@ -114,12 +116,14 @@ std::vector<std::string> token_texts(const Tokenizer& tok);
 struct JsonVocab {
   std::vector<std::string> texts;
   std::vector<uint8_t> string_safe;
+  std::vector<int> order;  // ids by text, so tokens sharing a rejected prefix are skipped together
 };
 JsonVocab json_vocab(std::vector<std::string> texts);
 
 // The vocabulary mask for one step: allowed[id] = 1 if token id's text can follow `m` (EOS:
 // if m.can_end()). Tokens are pre-filtered on their first byte (one automaton step per byte
-// value), so only plausible tokens are run through the automaton in full.
+// value), and in text order, so once a prefix is rejected the tokens that share it are skipped:
+// only plausible tokens are run through the automaton in full.
 void json_allowed_tokens(const JsonMachine& m, const JsonVocab& v, int eos_id, std::vector<uint8_t>& allowed);
 
 }  // namespace mx
