@@ -242,5 +242,49 @@ TEST(Scoring, LogSumExpAndLogSoftmax) {
   EXPECT_NEAR(out[2] - out[0], 2.0, 1e-6);
 }
 
+TEST(LogitAdjust, PenaltiesFollowOpenAIsDefinition) {
+  std::vector<float> l{1.f, 2.f, 3.f, 4.f};
+  TokenCounts counts;
+  for (int t : {2, 0, 2, 2}) counts.add(t);
+  ASSERT_EQ(counts.items(), (std::vector<std::pair<int, int>>{{0, 1}, {2, 3}}));
+  LogitAdjust a;
+  a.frequency = 0.5f;
+  a.presence = 0.25f;
+  apply_logit_adjust(l.data(), 4, a, counts);
+  EXPECT_FLOAT_EQ(l[0], 1.f - 0.5f - 0.25f);
+  EXPECT_FLOAT_EQ(l[1], 2.f);  // never generated: untouched
+  EXPECT_FLOAT_EQ(l[2], 3.f - 1.5f - 0.25f);
+  EXPECT_FLOAT_EQ(l[3], 4.f);
+  // Negative penalties encourage repetition.
+  std::vector<float> m{0.f, 0.f, 0.f};
+  a = {};
+  a.presence = -2.f;
+  apply_logit_adjust(m.data(), 3, a, counts);
+  EXPECT_FLOAT_EQ(m[0], 2.f);
+  EXPECT_FLOAT_EQ(m[1], 0.f);
+}
+
+TEST(LogitAdjust, BiasAddsAndMinus100Bans) {
+  std::vector<float> l{0.f, 50.f, 1.f, 2.f};
+  LogitAdjust a;
+  a.bias = {{1, -100.f}, {2, 5.5f}, {7, 100.f}};  // 7 is outside the vocabulary: ignored
+  apply_logit_adjust(l.data(), 4, a, TokenCounts{});
+  EXPECT_EQ(l[1], -std::numeric_limits<float>::infinity());
+  EXPECT_FLOAT_EQ(l[2], 6.5f);
+  EXPECT_FLOAT_EQ(l[0], 0.f);
+  // A banned token is never drawn, even at a high temperature, and greedy moves to the next.
+  SamplingParams p;
+  p.temperature = 2.f;
+  p.top_p = 1.f;
+  for (int t : draws(l, p, 2000)) EXPECT_NE(t, 1);
+  EXPECT_EQ(argmax(l.data(), 4), 2);
+  // +100 makes a token all but certain.
+  std::vector<float> f{5.f, 5.f, 5.f};
+  a.bias = {{0, 100.f}};
+  apply_logit_adjust(f.data(), 3, a, TokenCounts{});
+  p.temperature = 1.f;
+  for (int t : draws(f, p, 500)) EXPECT_EQ(t, 0);
+}
+
 }  // namespace
 }  // namespace mx

@@ -333,7 +333,7 @@ TEST(Server, BadInputGetsOpenAiErrors) {
       {"/v1/completions", R"({"prompt": "hi", "stop": 3})", "stop", "string or a list"},
       {"/v1/completions", R"({"prompt": "hi", "stop": [""]})", "stop", "empty"},
       {"/v1/completions", R"({"prompt": "hi", "stream": "yes"})", "stream", "true or false"},
-      {"/v1/completions", R"({"prompt": "hi", "logprobs": 2})", "logprobs", "not supported"},
+      {"/v1/completions", R"({"prompt": "hi", "logprobs": 9})", "logprobs", "[0, 5]"},
       {"/v1/completions", R"({"prompt": "hi", "model": 7})", "model", "string"},
       {"/v1/chat/completions", "{}", "messages", "required"},
       {"/v1/chat/completions", R"({"messages": []})", "messages", "empty"},

@@ -153,6 +153,24 @@ int sample(const float* logits, int vocab, const SamplingParams& p, Rng& rng) {
   return cand.back().first;  // u landed on the rounding slack at the very end
 }
 
+void TokenCounts::add(int token) {
+  auto it = std::lower_bound(items_.begin(), items_.end(), std::pair<int, int>{token, 0},
+                             [](const auto& a, const auto& b) { return a.first < b.first; });
+  if (it != items_.end() && it->first == token) ++it->second;
+  else items_.insert(it, {token, 1});
+}
+
+void apply_logit_adjust(float* logits, int vocab, const LogitAdjust& a, const TokenCounts& counts) {
+  if (a.presence != 0 || a.frequency != 0)
+    for (const auto& [id, n] : counts.items())
+      if (id >= 0 && id < vocab) logits[id] -= static_cast<float>(n) * a.frequency + a.presence;
+  for (const auto& [id, b] : a.bias) {
+    if (id < 0 || id >= vocab) continue;
+    // -100 is documented as a ban: adding it to a logit far above the rest would not be one.
+    logits[id] = b <= -100.0f ? -std::numeric_limits<float>::infinity() : logits[id] + b;
+  }
+}
+
 double logsumexp(const float* x, int n) {
   double m = -std::numeric_limits<double>::infinity();
   for (int i = 0; i < n; ++i) m = std::max(m, static_cast<double>(x[i]));

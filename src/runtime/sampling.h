@@ -39,6 +39,30 @@ std::vector<std::pair<int, float>> candidates(const float* logits, int vocab, co
 // the Rng state.
 int sample(const float* logits, int vocab, const SamplingParams& p, Rng& rng);
 
+// OpenAI's logit_bias and presence/frequency penalties, applied to a copy of the logits before
+// sampling. bias: (token id, value in [-100, 100]) pairs, added; -100 is a ban (-inf), so a
+// banned token can never be drawn whatever the other logits are.
+struct LogitAdjust {
+  std::vector<std::pair<int, float>> bias;
+  float presence = 0, frequency = 0;  // [-2, 2]
+  bool active() const { return !bias.empty() || presence != 0 || frequency != 0; }
+};
+
+// Counts of the tokens generated so far, as (token id, count) pairs in id order: the penalties
+// only look at tokens that occurred, so this stays proportional to the output, not the vocab.
+class TokenCounts {
+ public:
+  void add(int token);
+  const std::vector<std::pair<int, int>>& items() const { return items_; }
+
+ private:
+  std::vector<std::pair<int, int>> items_;
+};
+
+// logits[j] -= count[j] * frequency + (count[j] > 0) * presence, then logits[j] += bias[j]
+// (OpenAI's definition). Ids outside [0, vocab) are ignored (validated earlier).
+void apply_logit_adjust(float* logits, int vocab, const LogitAdjust& a, const TokenCounts& counts);
+
 // log(sum(exp(x))) computed stably in double; -inf for n == 0 or all -inf.
 double logsumexp(const float* x, int n);
 // out[i] = x[i] - logsumexp(x); out may alias x.

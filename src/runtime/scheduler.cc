@@ -123,7 +123,9 @@ void Scheduler::admit() {
             slots_[static_cast<size_t>(free_slots_[best])].last_used)
           best = i;
     }
-    const size_t reuse = std::min(best_len, p.size() - 1);  // one token is fed for the logits
+    // One token is fed for the logits; a request that scores its prompt (echo) prefills it all.
+    const bool scores_prompt = u.req.hook && u.req.hook->wants_prompt_logits();
+    const size_t reuse = scores_prompt ? 0 : std::min(best_len, p.size() - 1);
     u.slot = free_slots_[best];
     free_slots_.erase(free_slots_.begin() + static_cast<long>(best));
     SlotHistory& h = slots_[static_cast<size_t>(u.slot)];
@@ -186,6 +188,7 @@ StepStats Scheduler::step(const std::function<void(int, int)>& on_token,
       c.start = u.start;
       c.copy_from = u.copy_from;
       u.start = u.copy_from = -1;
+      c.all_logits = u.req.hook && u.req.hook->wants_prompt_logits();
       c.tokens.assign(p.begin() + static_cast<long>(u.fed), p.begin() + static_cast<long>(u.fed + n));
       u.fed += n;
       ++u.prompt_steps;
@@ -213,10 +216,25 @@ StepStats Scheduler::step(const std::function<void(int, int)>& on_token,
     t.insert(t.end(), c.tokens.begin(), c.tokens.end());
   }
   std::vector<int> finished;
+  std::vector<float> adjusted;
+  size_t row = 0;  // a chunk with all_logits has one row per token, others one
   for (size_t i = 0; i < batch.size(); ++i) {
-    if (!sample_after[i]) continue;
     UserState& u = users_[static_cast<size_t>(owner[i])];
-    const int tok = sample(logits.data() + i * static_cast<size_t>(vocab_), vocab_, u.req.sampling, u.rng);
+    const size_t rows = batch[i].all_logits ? batch[i].tokens.size() : 1;
+    const float* last = logits.data() + (row + rows - 1) * static_cast<size_t>(vocab_);
+    if (batch[i].all_logits)
+      u.req.hook->prompt_logits(logits.data() + row * static_cast<size_t>(vocab_), static_cast<int>(rows), vocab_,
+                                u.fed - rows);
+    row += rows;
+    if (!sample_after[i]) continue;
+    const float* pick_from = last;
+    if (u.req.hook) {
+      adjusted.assign(last, last + vocab_);
+      u.req.hook->adjust(adjusted.data(), vocab_);
+      pick_from = adjusted.data();
+    }
+    const int tok = sample(pick_from, vocab_, u.req.sampling, u.rng);
+    if (u.req.hook) u.req.hook->picked(last, vocab_, tok);
     if (u.generated.empty()) u.t_first_token = now();
     u.generated.push_back(tok);
     if (on_token) on_token(u.id, tok);

@@ -20,11 +20,13 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "model/forward.h"
 #include "runtime/sampling.h"
+#include "runtime/token_hook.h"
 
 namespace mx {
 
@@ -47,6 +49,7 @@ struct Request {
   // A user id with the same prompt (an earlier choice of the same request): this user waits
   // until that one has fed its prompt, then copies its KV instead of prefilling it again.
   int prompt_leader = -1;
+  std::shared_ptr<TokenHook> hook;  // optional; called on the stepping thread
 };
 
 enum class FinishReason { None, Eos, Length, Context, Cancelled };

@@ -1,6 +1,8 @@
 #include "server/api.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <cstdio>
 #include <limits>
 
@@ -96,14 +98,128 @@ bool boolean(const json& j, const char* key) {
   return j[key].get<bool>();
 }
 
+// The request fields each endpoint knows (OpenAI's, plus our top_k). Anything else is a 400,
+// as OpenAI answers "Unrecognized request argument supplied".
+const char* const kCompletionFields[] = {
+    "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options",
+    "n", "best_of", "logprobs", "echo", "suffix", "logit_bias", "presence_penalty", "frequency_penalty", "user",
+    "response_format"};
+const char* const kChatFields[] = {
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "stop",
+    "stream", "stream_options", "n", "logprobs", "top_logprobs", "logit_bias", "presence_penalty",
+    "frequency_penalty", "user", "response_format", "metadata", "store", "service_tier", "parallel_tool_calls",
+    "prompt_cache_key", "safety_identifier", "modalities", "tools", "tool_choice", "functions", "function_call",
+    "audio", "prediction", "reasoning_effort", "web_search_options", "verbosity"};
+
+template <size_t N>
+void refuse_unknown(const json& j, const char* const (&known)[N]) {
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    bool ok = false;
+    for (const char* k : known) ok |= it.key() == k;
+    if (!ok) bad(it.key(), "Unrecognized request argument supplied: " + it.key());
+  }
+}
+
+// Chat fields OpenAI has that this server cannot honour: refused unless absent, null or the
+// value that asks for nothing.
+void refuse_unhonoured_chat(const json& j) {
+  const char* const tools_msg =
+      " is not supported: Mixtral-8x7B-Instruct v0.1 was not trained for tool or function calls";
+  if (given(j, "tools") && !(j["tools"].is_array() && j["tools"].empty())) bad("tools", std::string("'tools'") + tools_msg);
+  if (given(j, "functions") && !(j["functions"].is_array() && j["functions"].empty()))
+    bad("functions", std::string("'functions'") + tools_msg);
+  if (given(j, "tool_choice") && j["tool_choice"] != "none") bad("tool_choice", std::string("'tool_choice'") + tools_msg);
+  if (given(j, "function_call") && j["function_call"] != "none")
+    bad("function_call", std::string("'function_call'") + tools_msg);
+  if (given(j, "parallel_tool_calls") && !j["parallel_tool_calls"].is_boolean())
+    bad("parallel_tool_calls", "'parallel_tool_calls' must be true or false");
+  for (const char* k : {"audio", "prediction", "reasoning_effort", "web_search_options", "verbosity"})
+    if (given(j, k)) bad(k, std::string("'") + k + "' is not supported by this server");
+  if (given(j, "store") && j["store"] != false) bad("store", "'store' is not supported: nothing is stored");
+  if (given(j, "modalities") && j["modalities"] != json::array({"text"}))
+    bad("modalities", "only 'modalities': [\"text\"] is supported");
+  if (given(j, "service_tier") && j["service_tier"] != "auto" && j["service_tier"] != "default")
+    bad("service_tier", "'service_tier' must be 'auto' or 'default'");
+  if (given(j, "metadata")) {
+    if (!j["metadata"].is_object()) bad("metadata", "'metadata' must be an object of strings");
+    for (const auto& v : j["metadata"])
+      if (!v.is_string()) bad("metadata", "'metadata' must be an object of strings");
+  }
+  for (const char* k : {"prompt_cache_key", "safety_identifier"})
+    if (given(j, k) && !j[k].is_string()) bad(k, std::string("'") + k + "' must be a string");
+}
+
+void parse_adjust(const json& j, GenerationRequest& r, int vocab) {
+  if (given(j, "presence_penalty")) r.adjust.presence = static_cast<float>(number(j, "presence_penalty", -2, 2));
+  if (given(j, "frequency_penalty")) r.adjust.frequency = static_cast<float>(number(j, "frequency_penalty", -2, 2));
+  if (given(j, "logit_bias")) {
+    const json& b = j["logit_bias"];
+    if (!b.is_object()) bad("logit_bias", "'logit_bias' must be an object mapping token ids to numbers");
+    for (auto it = b.begin(); it != b.end(); ++it) {
+      const std::string& k = it.key();
+      char* end = nullptr;
+      errno = 0;
+      const long id = k.empty() ? -1 : std::strtol(k.c_str(), &end, 10);
+      if (k.empty() || *end != 0 || errno != 0 || id < 0 || id >= vocab)
+        bad("logit_bias", "'logit_bias' key '" + k + "' is not a token id in [0, " + std::to_string(vocab) + ")");
+      const json& v = it.value();
+      if (!v.is_number()) bad("logit_bias", "'logit_bias' values must be numbers");
+      const double x = v.get<double>();
+      if (!(x >= -100 && x <= 100)) bad("logit_bias", "'logit_bias' values must be in [-100, 100], not " + v.dump());
+      r.adjust.bias.emplace_back(static_cast<int>(id), static_cast<float>(x));
+    }
+  }
+}
+
+void parse_response_format(const json& j, GenerationRequest& r) {
+  if (!given(j, "response_format")) return;
+  const json& f = j["response_format"];
+  if (!f.is_object() || !f.contains("type") || !f["type"].is_string())
+    bad("response_format", "'response_format' must be an object with a 'type'");
+  const std::string type = f["type"].get<std::string>();
+  for (auto it = f.begin(); it != f.end(); ++it)
+    if (it.key() != "type" && !(type == "json_schema" && it.key() == "json_schema"))
+      bad("response_format", "'response_format." + it.key() + "' is not supported");
+  if (type == "text") return;
+  if (type == "json_object") {
+    r.json = std::make_shared<JsonSchema>(json_object_schema());
+    return;
+  }
+  if (type != "json_schema")
+    bad("response_format", "'response_format.type' must be 'text', 'json_object' or 'json_schema', not '" + type + "'");
+  if (!given(f, "json_schema") || !f["json_schema"].is_object())
+    bad("response_format", "'response_format.json_schema' must be an object with a 'schema'");
+  const json& js = f["json_schema"];
+  for (auto it = js.begin(); it != js.end(); ++it)
+    if (it.key() != "name" && it.key() != "schema" && it.key() != "strict" && it.key() != "description")
+      bad("response_format", "'response_format.json_schema." + it.key() + "' is not supported");
+  if (!given(js, "schema")) bad("response_format", "'response_format.json_schema.schema' is required");
+  try {
+    r.json = std::make_shared<JsonSchema>(compile_json_schema(js["schema"]));
+  } catch (const JsonSchemaError& e) {
+    bad("response_format", std::string("response_format.json_schema.schema: ") + e.what() +
+                               " (supported: type, properties, required, additionalProperties: false/true, items, "
+                               "enum, const, title, description)");
+  }
+}
+
 // The fields both endpoints share. max_tokens is left at `default_max` (0: up to the context).
 void parse_common(const json& j, GenerationRequest& r, int default_max) {
   if (given(j, "model") && !j["model"].is_string()) bad("model", "'model' must be a string");
   if (given(j, "n")) r.n = static_cast<int>(integer(j, "n", 1, 128));
+  if (given(j, "user") && !j["user"].is_string()) bad("user", "'user' must be a string");
   if (given(j, "best_of") && j["best_of"] != 1) bad("best_of", "only best_of=1 is supported");
   r.max_tokens = default_max;
   const char* max_key = given(j, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-  if (given(j, max_key)) r.max_tokens = static_cast<int>(integer(j, max_key, 1, std::numeric_limits<int>::max()));
+  if (given(j, max_key)) {
+    // 0 is pure scoring (echo with logprobs); parse_completion_request checks it is that.
+    const bool zero_ok = given(j, "echo") && j["echo"] == true;
+    r.max_tokens = static_cast<int>(integer(j, max_key, zero_ok ? 0 : 1, std::numeric_limits<int>::max()));
+    if (r.max_tokens == 0) {
+      r.score_only = true;
+      r.max_tokens = 1;  // the scheduler always samples one token; it is not returned
+    }
+  }
   if (given(j, "temperature")) r.sampling.temperature = static_cast<float>(number(j, "temperature", 0, 2));
   if (given(j, "top_p")) r.sampling.top_p = static_cast<float>(number(j, "top_p", 0, 1, true));
   if (given(j, "top_k")) r.sampling.top_k = static_cast<int>(integer(j, "top_k", 0, std::numeric_limits<int>::max()));
@@ -190,11 +306,15 @@ GenerationRequest parse_completion_request(const std::string& body, const Tokeni
                                            size_t per_token) {
   if (per_token == 0) per_token = max_bytes_per_token(tok);
   const json j = parse_body(body, context);
+  refuse_unknown(j, kCompletionFields);
   GenerationRequest r;
   parse_common(j, r, 16);  // OpenAI's default for completions
-  if (given(j, "echo") && j["echo"] != false) bad("echo", "'echo' is not supported");
-  if (given(j, "logprobs")) bad("logprobs", "'logprobs' is not supported");
-  if (given(j, "suffix") && j["suffix"] != "") bad("suffix", "'suffix' is not supported");
+  parse_adjust(j, r, tok.vocab_size());
+  parse_response_format(j, r);
+  if (given(j, "echo")) r.echo = boolean(j, "echo");
+  if (given(j, "logprobs")) r.logprobs = static_cast<int>(integer(j, "logprobs", 0, 5));
+  if (given(j, "suffix") && j["suffix"] != "") bad("suffix", "'suffix' is not supported (no fill-in-the-middle)");
+  if (r.score_only && r.json) bad("max_tokens", "'max_tokens' 0 generates nothing, so 'response_format' cannot apply");
   if (!given(j, "prompt")) bad("prompt", "'prompt' is required");
   const json& p = j["prompt"];
   auto from_text = [&](const std::string& s) {
@@ -232,9 +352,20 @@ GenerationRequest parse_chat_request(const std::string& body, const Tokenizer& t
   if (per_token == 0) per_token = max_bytes_per_token(tok);
   const json j = parse_body(body, context);
   GenerationRequest r;
+  refuse_unknown(j, kChatFields);
+  refuse_unhonoured_chat(j);
   r.chat = true;
   parse_common(j, r, 0);  // OpenAI's chat default: as long as the context allows
-  if (given(j, "logprobs") && j["logprobs"] != false) bad("logprobs", "'logprobs' is not supported");
+  parse_adjust(j, r, tok.vocab_size());
+  parse_response_format(j, r);
+  const bool logprobs = given(j, "logprobs") && boolean(j, "logprobs");
+  if (given(j, "top_logprobs")) {
+    const int n = static_cast<int>(integer(j, "top_logprobs", 0, 20));
+    if (!logprobs) bad("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    r.logprobs = n;
+  } else if (logprobs) {
+    r.logprobs = 0;
+  }
   if (!given(j, "messages")) bad("messages", "'messages' is required");
   const json& ms = j["messages"];
   if (!ms.is_array()) bad("messages", "'messages' must be a list of {role, content} objects");
@@ -248,6 +379,9 @@ GenerationRequest parse_chat_request(const std::string& body, const Tokenizer& t
     if (!given(m, "role") || !m["role"].is_string()) bad("messages", "'" + where + ".role' must be a string");
     if (!given(m, "content") || !m["content"].is_string())
       bad("messages", "'" + where + ".content' must be a string");
+    for (auto it = m.begin(); it != m.end(); ++it)
+      if (it.key() != "role" && it.key() != "content")
+        bad("messages", "'" + where + "." + it.key() + "' is not supported (the Mistral instruct format has only roles and text)");
     text_bytes += m["content"].get_ref<const std::string&>().size();
     check_text_size(text_bytes, context, per_token, "messages");
     messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
@@ -281,9 +415,10 @@ json finish_or_null(const std::string& f) { return f.empty() ? json(nullptr) : j
 
 }  // namespace
 
-json response_json(const ResponseMeta& m, const std::string& text, const std::string& finish_reason, const Usage& u) {
+json response_json(const ResponseMeta& m, const std::string& text, const std::string& finish_reason, const Usage& u,
+                   const json& logprobs) {
   json r = head(m, m.chat ? "chat.completion" : "text_completion");
-  json choice = {{"index", 0}, {"finish_reason", finish_reason}, {"logprobs", nullptr}};
+  json choice = {{"index", 0}, {"finish_reason", finish_reason}, {"logprobs", logprobs}};
   if (m.chat) choice["message"] = {{"role", "assistant"}, {"content", text}};
   else choice["text"] = text;
   r["choices"] = json::array({choice});
@@ -291,9 +426,10 @@ json response_json(const ResponseMeta& m, const std::string& text, const std::st
   return r;
 }
 
-json chunk_json(const ResponseMeta& m, const std::string& text, const std::string& finish_reason, bool first) {
+json chunk_json(const ResponseMeta& m, const std::string& text, const std::string& finish_reason, bool first,
+                const json& logprobs) {
   json r = head(m, m.chat ? "chat.completion.chunk" : "text_completion");
-  json choice = {{"index", 0}, {"finish_reason", finish_or_null(finish_reason)}, {"logprobs", nullptr}};
+  json choice = {{"index", 0}, {"finish_reason", finish_or_null(finish_reason)}, {"logprobs", logprobs}};
   if (m.chat) {
     json delta = json::object();
     if (first) delta["role"] = "assistant";

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/json_constraint.h"
 #include "runtime/sampling.h"
 
 namespace mx {
@@ -35,12 +36,20 @@ struct GenerationRequest {
   bool stream = false;
   bool include_usage = false;       // stream_options.include_usage: a last chunk with usage
   int n = 1;                        // choices; the server bounds it by its slots
+  // Log-probabilities: alternatives per token (completions `logprobs: N`, chat `top_logprobs`);
+  // -1: none (completions `logprobs` absent, chat `logprobs` false).
+  int logprobs = -1;
+  bool echo = false;                // completions: the prompt's text (and scores) first
+  bool score_only = false;          // echo with max_tokens 0: nothing is generated
+  LogitAdjust adjust;               // logit_bias, presence_penalty, frequency_penalty
+  std::shared_ptr<const JsonSchema> json;  // response_format json_object / json_schema
 };
 
 // Throw ApiError (status 400) naming the field for invalid JSON, a missing or ill-typed field,
-// a number out of range, an empty prompt, unknown token ids, n != 1, unsupported options, or a
-// prompt + max_tokens over `context`. Unknown fields are ignored, as OpenAI clients send many
-// optional ones.
+// a number out of range, an empty prompt, unknown token ids, n != 1, or a prompt + max_tokens
+// over `context`; and for every field the server does not honour (tools, suffix, audio, ...)
+// or does not know, as OpenAI itself refuses unrecognized arguments: nothing is silently
+// dropped. docs/server.md lists the fields.
 //
 // Work stays proportional to the context, not to the body: the JSON may hold at most
 // max_json_values(context) values, nested 64 deep, and prompt text longer than
@@ -72,12 +81,15 @@ struct Usage {
 };
 
 // The whole (non-streamed) response.
+// `logprobs` is choices[0].logprobs (null unless asked for).
 nlohmann::json response_json(const ResponseMeta& m, const std::string& text,
-                             const std::string& finish_reason, const Usage& u);
+                             const std::string& finish_reason, const Usage& u,
+                             const nlohmann::json& logprobs = nullptr);
 // One stream chunk: `text` as choices[0].text / delta.content; finish_reason null when empty.
 // `first` adds delta.role for chat.
 nlohmann::json chunk_json(const ResponseMeta& m, const std::string& text,
-                          const std::string& finish_reason, bool first);
+                          const std::string& finish_reason, bool first,
+                          const nlohmann::json& logprobs = nullptr);
 // The extra last chunk with empty choices and usage (stream_options.include_usage).
 nlohmann::json usage_chunk_json(const ResponseMeta& m, const Usage& u);
 

@@ -16,11 +16,13 @@
 #include "runtime/tokenizer.h"
 #include "server/access_policy.h"
 #include "server/api.h"
+#include "server/choice_stream.h"
 #include "server/engine_loop.h"
 #include "server/front_door.h"
 #include "server/httplib_abi.h"
 #include "server/metrics.h"
 #include "server/text_stream.h"
+#include "server/request_hook.h"
 
 namespace mx::server {
 
@@ -131,6 +133,7 @@ struct HttpServer::Impl {
   ServerOptions opt;
   AccessOptions access;
   size_t per_token;  // max_bytes_per_token(tok), computed once
+  JsonVocab vocab;  // token_texts(tok) and what JSON mode precomputes from them
   RequestProcessor svr;
   std::unique_ptr<FrontDoor> door;
   std::atomic<int> generating{0};
@@ -139,7 +142,7 @@ struct HttpServer::Impl {
   int64_t started = std::time(nullptr);
 
   Impl(EngineLoop& e, const Tokenizer& t, ServerOptions o)
-      : engine(e), tok(t), opt(std::move(o)), per_token(max_bytes_per_token(t)) {
+      : engine(e), tok(t), opt(std::move(o)), per_token(max_bytes_per_token(t)), vocab(json_vocab(token_texts(t))) {
     if (opt.max_queue <= 0) opt.max_queue = 2 * opt.max_users;
     access.api_keys = opt.api_keys;
     access.cors_origins = opt.cors_origins;
@@ -183,13 +186,139 @@ struct HttpServer::Impl {
     r.prompt = g.prompt;
     r.max_new_tokens = g.max_tokens;
     r.sampling = g.sampling;
+    HookOptions ho;
+    ho.top_logprobs = g.logprobs;
+    ho.score_prompt = g.echo && g.logprobs >= 0;
+    ho.adjust = g.adjust;
+    ho.json = g.json;
+    ho.vocab = &vocab;
+    ho.eos_id = tok.eos_id();
+    auto hook = std::make_shared<RequestHook>(std::move(ho), g.prompt);
+    if (hook->active()) r.hook = hook;
+    else hook.reset();
+    if (g.n > 1) {
+      // Each choice would need its own hook (JSON state, penalty counts, its logprobs).
+      if (hook) {
+        send_error(res, ApiError(400, "'n' > 1 cannot yet be combined with logprobs, echo, logit_bias, "
+                                      "penalties or response_format; send n=1 requests instead", "n"));
+        return;
+      }
+      generate_choices(res, std::move(r), g, chat);
+      return;
+    }
+    std::shared_ptr<Job> job = engine.submit(std::move(r));
+    const ResponseMeta m = meta(chat);
+    const int prompt_tokens = static_cast<int>(g.prompt.size());
+    auto gp = std::make_shared<GenerationRequest>(std::move(g));
+    auto cs = std::make_shared<ChoiceStream>(tok, vocab.texts, *gp, hook);
+    if (gp->stream) {
+      stream(res, job, m, gp, cs, prompt_tokens);
+      return;
+    }
+    std::string text;
+    std::vector<int> tokens;
+    bool echoed = false;
+    while (true) {
+      tokens.clear();
+      job->wait(tokens, kPing);
+      // The prompt is scored by the step that yields the first token (or ends the job).
+      if (!echoed && (!tokens.empty() || job->done())) {
+        text += cs->start();
+        echoed = true;
+      }
+      text += cs->push(tokens);
+      if (cs->stopped()) {
+        engine.cancel(job, false);
+        break;
+      }
+      if (job->done()) break;
+    }
+    if (!cs->stopped() && !job->error().empty()) {
+      const int status = job->error_status();
+      send_error(res, ApiError(status, job->error(), "", status >= 500 ? "server_error" : "invalid_request_error"));
+      return;
+    }
+    text += cs->finish();
+    const json body = response_json(m, text, finish_name(job->finish(), cs->stopped()), {prompt_tokens, cs->tokens()},
+                                    cs->take_logprobs());
+    res.set_content(dump(body), "application/json");
+  }
+
+  // Server-sent events: one chunk per piece of text, a last chunk with finish_reason, then
+  // [DONE]. A write that fails means the client left: the request is cancelled.
+  void stream(httplib::Response& res, std::shared_ptr<Job> job, const ResponseMeta& m,
+              std::shared_ptr<GenerationRequest> g, std::shared_ptr<ChoiceStream> ts, int prompt_tokens) {
+    const bool include_usage = g->include_usage;
+    EngineLoop* eng = &engine;
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
+    // The provider runs after the handler returns, so it holds the admission itself.
+    auto held = std::make_shared<Admission>(generating);
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [eng, job, g, ts, m, include_usage, prompt_tokens, held](size_t, httplib::DataSink& sink) {
+          auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+          auto leave = [&] {
+            eng->cancel(job);
+            return false;
+          };
+          if (m.chat && !write(sse(chunk_json(m, "", "", true)))) return leave();
+          std::vector<int> tokens;
+          bool echoed = false;
+          while (true) {
+            tokens.clear();
+            const bool changed = job->wait(tokens, kPing);
+            std::string piece;
+            if (!echoed && (!tokens.empty() || job->done())) {
+              piece = ts->start();
+              echoed = true;
+            }
+            piece += ts->push(tokens);
+            // Chunks carry the log-probabilities of the tokens they were decoded from.
+            const json lp = ts->take_logprobs();
+            const bool has_lp = lp.is_object() && ((lp.contains("content") && !lp["content"].empty()) ||
+                                                   (lp.contains("tokens") && !lp["tokens"].empty()));
+            if ((!piece.empty() || has_lp) && !write(sse(chunk_json(m, piece, "", false, has_lp ? lp : json(nullptr)))))
+              return leave();
+            if (ts->stopped()) {
+              eng->cancel(job, false);
+              break;
+            }
+            if (job->done()) break;
+            if (!changed && !write(": ping\n\n")) return leave();
+          }
+          if (!ts->stopped() && !job->error().empty()) {
+            const ApiError e(job->error_status(), job->error(), "", "server_error");
+            write(sse(error_json(e)));
+            sink.done();
+            return true;
+          }
+          const std::string rest = ts->finish();
+          const json lp = ts->take_logprobs();
+          if (!write(sse(chunk_json(m, rest, finish_name(job->finish(), ts->stopped()), false, lp)))) return leave();
+          if (include_usage && !write(sse(usage_chunk_json(m, {prompt_tokens, ts->tokens()})))) return leave();
+          if (!write("data: [DONE]\n\n")) return leave();
+          sink.done();
+          return true;
+        },
+        [eng, job](bool success) {
+          if (!success) eng->cancel(job);
+        });
+  }
+
+  json model_json() const {
+    return {{"id", opt.model_name}, {"object", "model"}, {"created", started}, {"owned_by", "mixtral"}};
+  }
+
+  // n > 1: the choices share the prompt's KV (engine.submit_choices); plain text only.
+  void generate_choices(httplib::Response& res, Request r, const GenerationRequest& g, bool chat) {
     auto choices = std::make_shared<std::vector<Choice>>();
     for (auto& job : engine.submit_choices(std::move(r), g.n))
       choices->push_back(Choice{job, std::make_unique<TextStream>(tok, g.stop)});
     const ResponseMeta m = meta(chat);
     const int prompt_tokens = static_cast<int>(g.prompt.size());
     if (g.stream) {
-      stream(res, choices, m, g, prompt_tokens);
+      stream_choices(res, choices, m, g, prompt_tokens);
       return;
     }
     std::vector<std::string> texts(choices->size());
@@ -237,7 +366,7 @@ struct HttpServer::Impl {
   // Server-sent events: one chunk per piece of text (choices[0].index says whose), a last chunk
   // per choice with finish_reason, then [DONE]. A write that fails means the client left: the
   // request is cancelled.
-  void stream(httplib::Response& res, std::shared_ptr<std::vector<Choice>> choices, const ResponseMeta& m,
+  void stream_choices(httplib::Response& res, std::shared_ptr<std::vector<Choice>> choices, const ResponseMeta& m,
               const GenerationRequest& g, int prompt_tokens) {
     const bool include_usage = g.include_usage;
     EngineLoop* eng = &engine;
@@ -299,10 +428,6 @@ struct HttpServer::Impl {
         [cancel_all](bool success) {
           if (!success) cancel_all();
         });
-  }
-
-  json model_json() const {
-    return {{"id", opt.model_name}, {"object", "model"}, {"created", started}, {"owned_by", "mixtral"}};
   }
 
   void models(httplib::Response& res) {

@@ -11,8 +11,20 @@ std::string TextStream::push(const std::vector<int>& tokens) {
     if (stop_.stopped()) break;
     ++n_;
     if (tok_.is_control(t)) continue;  // EOS ends the text, it is not part of it
-    out += stop_.push(dec_.push(t));
+    out += stop_.push(decode(t));
   }
+  return out;
+}
+
+std::string TextStream::decode(int token) {
+  std::string s = dec_.push(token);
+  for (unsigned char c : s) chars_ += (c & 0xC0) != 0x80;
+  return s;
+}
+
+std::string TextStream::prime(const std::vector<int>& prompt) {
+  std::string out;
+  for (int t : prompt) out += decode(t);
   return out;
 }
 

@@ -17,6 +17,11 @@ class TextStream {
   std::string push(const std::vector<int>& tokens);
   // At the end of generation: whatever was held back.
   std::string finish();
+  // Echo: decodes the prompt first (not counted, never matched against stop strings), so the
+  // generated text continues it as one decode would. Returns the prompt's text.
+  std::string prime(const std::vector<int>& prompt);
+  // Characters (code points) decoded so far, before stop strings cut: logprobs' text_offset.
+  size_t decoded_chars() const { return chars_; }
   bool stopped() const { return stop_.stopped(); }
   // Generated tokens taken, up to the one that completed a stop string.
   int tokens() const { return n_; }
@@ -26,6 +31,8 @@ class TextStream {
   StreamDecoder dec_;
   StopMatcher stop_;
   int n_ = 0;
+  size_t chars_ = 0;
+  std::string decode(int token);
 };
 
 }  // namespace mx::server
