@@ -57,10 +57,14 @@ SAN_REGEX := ^($(shell echo $(SAN_TESTS) repack_cli_test | tr ' ' '|'))$$
 $(SAN_BUILD)/CMakeCache.txt:
 	cmake -S . -B $(SAN_BUILD) -DMIXTRAL_SANITIZE=ON -DCMAKE_BUILD_TYPE=Release
 
+# Excluded by name: ServerHostile.HugePromptsAreRefusedFastWithBoundedMemory measures peak RSS
+# against 256 MiB, and ASan's redzones and quarantine inflate RSS (measured +270 MiB), so it
+# would test ASan, not the server.
+SAN_EXCLUDE := ServerHostile.HugePromptsAreRefusedFastWithBoundedMemory
 test-sanitize: deps $(SAN_BUILD)/CMakeCache.txt
 	cmake --build $(SAN_BUILD) --target mixtral $(SAN_TESTS) -j $(JOBS)
 	cd $(SAN_BUILD) && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  ctest --output-on-failure -j $(JOBS) -L '$(SAN_REGEX)'
+	  ctest --output-on-failure -j $(JOBS) -L '$(SAN_REGEX)' -E '$(SAN_EXCLUDE)'
 
 clean:
 	rm -rf $(BUILD) $(FUZZ_BUILD) $(SAN_BUILD)
