@@ -43,8 +43,10 @@ void check(Parse&& parse, const mx::Tokenizer& tok) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const mx::Tokenizer& tok = tokenizer();
+  // Computed once, as the server does at start-up (it walks the whole vocabulary).
+  static const size_t per_token = mx::server::max_bytes_per_token(tok);
   const std::string body(reinterpret_cast<const char*>(data), size);
-  check([&] { return mx::server::parse_completion_request(body, tok, kContext); }, tok);
-  check([&] { return mx::server::parse_chat_request(body, tok, kContext); }, tok);
+  check([&] { return mx::server::parse_completion_request(body, tok, kContext, per_token); }, tok);
+  check([&] { return mx::server::parse_chat_request(body, tok, kContext, per_token); }, tok);
   return 0;
 }
