@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake pkg-config
       libsentencepiece-dev nlohmann-json3-dev libcpp-httplib-dev libcli11-dev
-      libopenmpi-dev openmpi-bin libgtest-dev libgmock-dev libbenchmark-dev curl)
+      libopenmpi-dev openmpi-bin libgtest-dev libgmock-dev libbenchmark-dev curl
+      # make fuzz: clang 14, libclang_rt.fuzzer/asan/ubsan (libclang-rt-14-dev), llvm-symbolizer
+      # for readable sanitizer stacks (llvm-14), python3 for fuzz/make_seeds.py
+      clang-14 libclang-rt-14-dev llvm-14 python3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -94,6 +94,17 @@ uint64_t read_scalar(const uint8_t* p, size_t n) {
 constexpr int kChains = 16;
 #define PEAK_UNROLL _Pragma("GCC unroll 16")
 
+// The sum only keeps the probe's work alive. Its lanes wrap after enough iterations, so they are
+// added as unsigned (defined wrap-around), not with _mm512_reduce_add_epi32's signed int adds,
+// which UBSan rightly reports as overflow.
+__attribute__((target("avx512f"))) int64_t wrapping_sum(__m512i s) {
+  alignas(64) uint32_t lanes[16];
+  _mm512_store_si512(lanes, s);
+  uint32_t t = 0;
+  for (uint32_t v : lanes) t += v;
+  return t;
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) int64_t int8_vnni(int64_t iters) {
   __m512i acc[kChains];
   for (int k = 0; k < kChains; ++k) acc[k] = _mm512_set1_epi32(k);
@@ -106,7 +117,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) int64_t int8_vnni(int64_t
   }
   __m512i s = acc[0];
   for (int k = 1; k < kChains; ++k) s = _mm512_add_epi32(s, acc[k]);
-  return _mm512_reduce_add_epi32(s);
+  return wrapping_sum(s);
 }
 
 // Without VNNI: maddubs (u8 x s8 -> 2 MACs per int16) + madd to int32 + add.
@@ -124,7 +135,7 @@ __attribute__((target("avx512f,avx512bw"))) int64_t int8_bw(int64_t iters) {
   }
   __m512i s = acc[0];
   for (int k = 1; k < kChains / 2; ++k) s = _mm512_add_epi32(s, acc[k]);
-  return _mm512_reduce_add_epi32(s);
+  return wrapping_sum(s);
 }
 
 __attribute__((target("avx2"))) int64_t int8_avx2(int64_t iters) {
@@ -141,7 +152,7 @@ __attribute__((target("avx2"))) int64_t int8_avx2(int64_t iters) {
   }
   __m256i s = acc[0];
   for (int k = 1; k < kChains / 2; ++k) s = _mm256_add_epi32(s, acc[k]);
-  return _mm256_extract_epi32(s, 0) + _mm256_extract_epi32(s, 7);
+  return int64_t{_mm256_extract_epi32(s, 0)} + _mm256_extract_epi32(s, 7);  // 64-bit: no int overflow
 }
 
 int64_t int8_scalar(int64_t iters) {
