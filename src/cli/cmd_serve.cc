@@ -125,6 +125,7 @@ int run(ServeArgs& a) {
   // Engine first: handlers waiting for tokens get "shutting down" and return, so the HTTP
   // server can join its threads.
   engine.stop();
+  http.drain(500);
   http.stop();
   t.join();
   return g_signal != 0 ? 0 : 1;

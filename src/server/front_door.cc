@@ -244,7 +244,7 @@ void FrontDoor::stop() {
   std::unique_lock lk(m_);
   // Replies being written (a 503, a stream's last event) get a moment to go out; then workers
   // blocked writing to a client that does not read fail at once.
-  cv_.wait_for(lk, std::chrono::milliseconds(900), [&] { return serving_.empty(); });
+  cv_.wait_for(lk, std::chrono::milliseconds(500), [&] { return serving_.empty(); });
   for (Connection* c : serving_) ::shutdown(c->fd, SHUT_RDWR);
 }
 

@@ -625,6 +625,12 @@ int HttpServer::bind() {
 
 void HttpServer::listen() { impl_->door->run(); }
 
+void HttpServer::drain(int ms) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (impl_->generating.load() > 0 && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+}
+
 void HttpServer::stop() {
   impl_->svr.set_listening(-1);
   impl_->door->stop();
