@@ -8,6 +8,7 @@
 #include "runtime/json_constraint.h"
 #include "runtime/tokenizer.h"
 #include "server/httplib_abi.h"
+#include "server_client.h"
 #include "server_process.h"
 #include "test_util.h"
 
@@ -19,18 +20,10 @@ using test::ServerProcess;
 
 const std::string kHf = test::data_path("tiny-mixtral/hf");
 
-struct Reply {
-  int status = 0;
-  json body;
-};
+using test::Reply;
 
 Reply post(int port, const std::string& path, const json& body) {
-  httplib::Client c("127.0.0.1", port);
-  c.set_read_timeout(60, 0);
-  c.set_connection_timeout(20, 0);
-  auto r = c.Post(path.c_str(), body.dump(), "application/json");
-  if (!r) return {-1, {}};
-  return {r->status, json::parse(r->body, nullptr, false)};
+  return test::post_json(*test::http_client(port, 60, 20), path, body.dump());
 }
 
 // The `data:` payloads of a streamed reply, [DONE] excluded, parsed.

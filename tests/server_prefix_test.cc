@@ -12,6 +12,7 @@
 #include "runtime/chat_format.h"
 #include "runtime/tokenizer.h"
 #include "server/httplib_abi.h"
+#include "server_client.h"
 #include "server_process.h"
 #include "test_util.h"
 
@@ -23,22 +24,12 @@ using test::ServerProcess;
 
 const std::string kHf = test::data_path("tiny-mixtral/hf");
 
-struct Reply {
-  int status = 0;
-  json body;
-};
+using test::Reply;
 
-std::unique_ptr<httplib::Client> client(int port) {
-  auto c = std::make_unique<httplib::Client>("127.0.0.1", port);
-  c->set_read_timeout(30, 0);
-  c->set_connection_timeout(10, 0);
-  return c;
-}
+std::unique_ptr<httplib::Client> client(int port) { return test::http_client(port, 30, 10); }
 
 Reply post(int port, const std::string& path, const json& body) {
-  auto r = client(port)->Post(path.c_str(), body.dump(), "application/json");
-  if (!r) return {-1, {}};
-  return {r->status, json::parse(r->body, nullptr, false)};
+  return test::post_json(*client(port), path, body.dump());
 }
 
 json health(int port) {

@@ -24,6 +24,7 @@
 #include "server/api.h"
 #include "server/engine_loop.h"
 #include "server/httplib_abi.h"
+#include "server_client.h"
 #include "server/stop_matcher.h"
 #include "server/text_stream.h"
 #include "server_process.h"
@@ -49,23 +50,12 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 using test::ServerProcess;
 
-struct Reply {
-  int status = 0;
-  json body;
-};
+using test::Reply;
 
-std::unique_ptr<httplib::Client> client(int port) {
-  auto c = std::make_unique<httplib::Client>("127.0.0.1", port);
-  c->set_read_timeout(20, 0);
-  c->set_connection_timeout(20, 0);
-  return c;
-}
+std::unique_ptr<httplib::Client> client(int port) { return test::http_client(port, 20, 20); }
 
 Reply post(int port, const std::string& path, const std::string& body) {
-  auto r = client(port)->Post(path.c_str(), body, "application/json");
-  if (!r) return {-1, {}};
-  json j = json::parse(r->body, nullptr, false);
-  return {r->status, j};
+  return test::post_json(*client(port), path, body);
 }
 
 Reply post(int port, const std::string& path, const json& body) { return post(port, path, body.dump()); }

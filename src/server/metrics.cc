@@ -49,6 +49,12 @@ void family(std::string& o, const char* name, const char* type, const char* help
 
 void sample(std::string& o, const char* name, double v) { o += std::string(name) + " " + fmt(v) + "\n"; }
 
+// A family of one unlabelled sample: the name is written once.
+void metric(std::string& o, const char* name, const char* type, const char* help, double v) {
+  family(o, name, type, help);
+  sample(o, name, v);
+}
+
 void histogram(std::string& o, const char* name, const char* help, const Histogram& h) {
   family(o, name, "histogram", help);
   uint64_t cum = 0;
@@ -70,28 +76,18 @@ std::string render_metrics(const MetricsInput& in) {
     o += "mixtral_requests_total{endpoint=\"" + key.first + "\",status=\"" + std::to_string(key.second) + "\"} " +
          std::to_string(n) + "\n";
   const EngineCounters& e = in.engine;
-  family(o, "mixtral_prompt_tokens_total", "counter", "Prompt tokens of requests given a KV-cache slot.");
-  sample(o, "mixtral_prompt_tokens_total", static_cast<double>(e.prompt_tokens));
-  family(o, "mixtral_prefilled_tokens_total", "counter", "Prompt tokens run through the model (not reused).");
-  sample(o, "mixtral_prefilled_tokens_total", static_cast<double>(e.prefilled_tokens));
-  family(o, "mixtral_generated_tokens_total", "counter", "Tokens generated.");
-  sample(o, "mixtral_generated_tokens_total", static_cast<double>(e.generated_tokens));
-  family(o, "mixtral_prefix_cache_reused_tokens_total", "counter", "Prompt tokens whose KV came from the prefix cache.");
-  sample(o, "mixtral_prefix_cache_reused_tokens_total", static_cast<double>(e.reused_tokens));
-  family(o, "mixtral_prefix_cache_requests_total", "counter", "Requests given a KV-cache slot.");
-  sample(o, "mixtral_prefix_cache_requests_total", static_cast<double>(e.prefix_requests));
-  family(o, "mixtral_prefix_cache_hits_total", "counter", "Requests that reused at least one cached token.");
-  sample(o, "mixtral_prefix_cache_hits_total", static_cast<double>(e.prefix_hits));
+  metric(o, "mixtral_prompt_tokens_total", "counter", "Prompt tokens of requests given a KV-cache slot.", static_cast<double>(e.prompt_tokens));
+  metric(o, "mixtral_prefilled_tokens_total", "counter", "Prompt tokens run through the model (not reused).", static_cast<double>(e.prefilled_tokens));
+  metric(o, "mixtral_generated_tokens_total", "counter", "Tokens generated.", static_cast<double>(e.generated_tokens));
+  metric(o, "mixtral_prefix_cache_reused_tokens_total", "counter", "Prompt tokens whose KV came from the prefix cache.", static_cast<double>(e.reused_tokens));
+  metric(o, "mixtral_prefix_cache_requests_total", "counter", "Requests given a KV-cache slot.", static_cast<double>(e.prefix_requests));
+  metric(o, "mixtral_prefix_cache_hits_total", "counter", "Requests that reused at least one cached token.", static_cast<double>(e.prefix_hits));
   histogram(o, "mixtral_time_to_first_token_seconds", "From a request reaching the engine to its first token.", e.ttft);
   histogram(o, "mixtral_inter_token_latency_seconds", "Between consecutive tokens of one request.", e.itl);
-  family(o, "mixtral_requests_running", "gauge", "Requests holding a KV-cache slot.");
-  sample(o, "mixtral_requests_running", in.running);
-  family(o, "mixtral_requests_waiting", "gauge", "Requests queued for a slot.");
-  sample(o, "mixtral_requests_waiting", in.waiting);
-  family(o, "mixtral_max_users", "gauge", "KV-cache slots.");
-  sample(o, "mixtral_max_users", in.max_users);
-  family(o, "mixtral_kv_cache_bytes", "gauge", "KV-cache memory allocated over all slots.");
-  sample(o, "mixtral_kv_cache_bytes", static_cast<double>(e.kv_bytes));
+  metric(o, "mixtral_requests_running", "gauge", "Requests holding a KV-cache slot.", in.running);
+  metric(o, "mixtral_requests_waiting", "gauge", "Requests queued for a slot.", in.waiting);
+  metric(o, "mixtral_max_users", "gauge", "KV-cache slots.", in.max_users);
+  metric(o, "mixtral_kv_cache_bytes", "gauge", "KV-cache memory allocated over all slots.", static_cast<double>(e.kv_bytes));
   return o;
 }
 
