@@ -37,8 +37,8 @@ struct KR16 {
 
   // Q4_K / Q5_K super-block at ch: isum[j] = sum_s sc_s * S_s, imin[j] = sum_s m_s * bsum32_s.
   template <int NT>
-  static void sb_q45(const uint8_t* ch, const int8_t* const* xq, const int16_t* const* bs,
-                     int64_t b, __m512i* isum, __m512i* imin) {
+  __attribute__((always_inline)) static void sb_q45(const uint8_t* ch, const int8_t* const* xq, const int16_t* const* bs,
+                     int64_t b, __m512i* isum_out, __m512i* imin_out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), k3f = _mm512_set1_epi32(0x3f3f3f3f);
     const __m512i k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
     const __m512i A = ld(ch + 2112), B = ld(ch + 2176), C = ld(ch + 2240);
@@ -47,6 +47,42 @@ struct KR16 {
     const __m512i schi = _mm512_or_si512(_mm512_and_si512(C, k0f), _mm512_and_si512(_mm512_srli_epi32(A, 2), k30));
     const __m512i mhi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(C, 4), k0f),
                                         _mm512_and_si512(_mm512_srli_epi32(B, 2), k30));
+    const __m512i ff = _mm512_set1_epi32(0xff);
+    alignas(64) __m512i scs[8];
+    MX_UNROLL for (int s = 0; s < 8; ++s)
+      scs[s] = _mm512_and_si512(_mm512_srli_epi32(s < 4 ? sclo : schi, 8 * (s & 3)), ff);
+    // Accumulators stay local (through the out pointers every update would go to memory). The
+    // sub-block loop is not unrolled: fully unrolled, GCC hoists loads across sub-blocks and
+    // spills the dpbusd partial sums to the stack.
+    __m512i isum[NT];
+    MX_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm512_setzero_si512();
+#pragma GCC unroll 1
+    for (int sp = 0; sp < 4; ++sp) {
+      const uint8_t* q = ch + 512 * sp;
+      MX_UNROLL for (int h = 0; h < 2; ++h) {
+        const int s = 2 * sp + h;
+        // The sub-block's 8 weight planes in two halves of 4 registers, leaving room for NT
+        // partial sums (independent dpbusd chains: enough of them hide its latency).
+        __m512i S[NT];
+        MX_UNROLL for (int j = 0; j < NT; ++j) S[j] = _mm512_setzero_si512();
+        MX_UNROLL for (int hv = 0; hv < 2; ++hv) {
+          __m512i W[4];
+          MX_UNROLL for (int v = 0; v < 4; ++v) {
+            const __m512i raw = ld(q + 64 * (4 * hv + v));
+            W[v] = _mm512_and_si512(h ? _mm512_srli_epi16(raw, 4) : raw, m4);
+            if constexpr (kFive) {
+              const __mmask64 hb = _cvtu64_mask64(ld64(ch + 2304 + 64 * s + 8 * (4 * hv + v)));
+              W[v] = _mm512_mask_add_epi8(W[v], hb, W[v], _mm512_set1_epi8(16));
+            }
+          }
+          MX_UNROLL for (int v = 0; v < 4; ++v)
+            MX_UNROLL for (int j = 0; j < NT; ++j)
+              S[j] = dpbusd_bcast(S[j], W[v], xq[j] + 256 * b + 32 * s + 16 * hv + 4 * v);
+        }
+        const __m512i sc = scs[s];
+        MX_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm512_add_epi32(isum[j], _mm512_mullo_epi32(S[j], sc));
+      }
+    }
     // Mins as int16 pairs (m_2i, m_2i+1) per lane, for vpdpwssd with the bsum32 pairs.
     const __m512i lane_off = _mm512_set4_epi32(0x000C000C, 0x00080008, 0x00040004, 0);
     const __m512i c01 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(0x80018000u)), lane_off);
@@ -56,28 +92,8 @@ struct KR16 {
     MX_UNROLL for (int j = 0; j < NT; ++j) {
       __m512i m = _mm512_setzero_si512();
       MX_UNROLL for (int i = 0; i < 4; ++i) m = _mm512_dpwssd_epi32(m, mp[i], bcast32(bs[j] + 8 * b + 2 * i));
-      imin[j] = m;
-      isum[j] = _mm512_setzero_si512();
-    }
-    const __m512i ff = _mm512_set1_epi32(0xff);
-    MX_UNROLL for (int s = 0; s < 8; ++s) {
-      const __m512i sc = _mm512_and_si512(_mm512_srli_epi32(s < 4 ? sclo : schi, 8 * (s & 3)), ff);
-      const uint8_t* q = ch + 512 * (s >> 1);
-      __m512i W[8];
-      MX_UNROLL for (int v = 0; v < 8; ++v) {
-        const __m512i raw = ld(q + 64 * v);
-        W[v] = _mm512_and_si512((s & 1) ? _mm512_srli_epi16(raw, 4) : raw, m4);
-        if constexpr (kFive) {
-          const __mmask64 hb = _cvtu64_mask64(ld64(ch + 2304 + 64 * s + 8 * v));
-          W[v] = _mm512_mask_add_epi8(W[v], hb, W[v], _mm512_set1_epi8(16));
-        }
-      }
-      MX_UNROLL for (int j = 0; j < NT; ++j) {
-        const int8_t* x = xq[j] + 256 * b + 32 * s;
-        __m512i S = _mm512_setzero_si512();
-        MX_UNROLL for (int v = 0; v < 8; ++v) S = dpbusd_bcast(S, W[v], x + 4 * v);
-        isum[j] = _mm512_add_epi32(isum[j], _mm512_mullo_epi32(S, sc));
-      }
+      imin_out[j] = m;
+      isum_out[j] = isum[j];
     }
   }
 

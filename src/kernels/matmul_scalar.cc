@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "kernels/half.h"
@@ -36,6 +37,12 @@ QuantBuffers quant_alloc(const QuantLayout& L, int64_t n_tokens, int64_t cols, A
                          Prepared* out) {
   QuantBuffers b{};
   b.q_stride = round_up(cols, L.pad_bytes);
+  // Tokens side by side read the same offset of rows q_stride apart. At a stride of 4096 (or
+  // 14336: 2048 mod 4096) those reads fall in one or two L1 sets, and a kernel reading 6 tokens
+  // ran at half speed. Pad the stride until the rows spread over at least 16 sets.
+  // The step keeps the stride a whole number of permutation spans (quantize_acts copies spans).
+  const int64_t step = std::max<int64_t>(L.pad_bytes, L.perm ? L.perm_span : 0);
+  while (std::gcd(b.q_stride / 64, int64_t{64}) > 4) b.q_stride += step;
   const int64_t nb = b.q_stride / L.block;  // padded block count
   b.d_stride = round_up(nb, 16);
   b.bsum16_stride = L.want_bsums ? round_up(b.q_stride / 16, 32) : 0;
@@ -79,7 +86,9 @@ QuantBuffers quant_alloc(const QuantLayout& L, int64_t n_tokens, int64_t cols, A
 }
 
 float* plain_alloc(int64_t n_tokens, int64_t cols, int pad_floats, Arena& arena, Prepared* out) {
-  const int64_t stride = round_up(std::max<int64_t>(cols, 1), pad_floats);
+  int64_t stride = round_up(std::max<int64_t>(cols, 1), pad_floats);
+  // Spread side-by-side tokens over L1 sets, as quant_alloc does.
+  while (std::gcd(stride * 4 / 64, int64_t{64}) > 4) stride += pad_floats;
   float* p = static_cast<float*>(arena.get(static_cast<size_t>(n_tokens * stride) * sizeof(float)));
   *out = Prepared{};
   out->n_tokens = n_tokens;
