@@ -183,6 +183,86 @@ TEST(ServerPrefix, ChoicesShareThePromptAndSampleTheirOwnStreams) {
   EXPECT_EQ(big.body["error"]["param"], "n");
 }
 
+// n > 1 with per-request hooks: every choice gets its own penalty counts, JSON state and
+// log-probabilities, and an echo scores the prompt once for all of them.
+TEST(ServerPrefix, ChoicesHaveTheirOwnHooks) {
+  ServerProcess s("--max-users 4");
+  // Greedy with a strong frequency penalty: a hook shared by the choices would count each
+  // token twice and change the text; each choice must equal the n=1 reply.
+  const json pen = {{"prompt", "the the the the"}, {"max_tokens", 12}, {"temperature", 0}, {"frequency_penalty", 2.0}};
+  json pen2 = pen;
+  pen2["n"] = 2;
+  const Reply p1 = post(s.port(), "/v1/completions", pen);
+  const Reply p2 = post(s.port(), "/v1/completions", pen2);
+  ASSERT_EQ(p1.status, 200) << p1.body.dump();
+  ASSERT_EQ(p2.status, 200) << p2.body.dump();
+  ASSERT_EQ(p2.body["choices"].size(), 2u);
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(p2.body["choices"][i]["text"], p1.body["choices"][0]["text"]) << i;
+
+  // Echo with logprobs: each choice echoes the prompt with the same scores as n=1, then its own tokens.
+  const json ech = {{"prompt", "Once upon a time there was"}, {"max_tokens", 4}, {"temperature", 0}, {"echo", true}, {"logprobs", 2}};
+  json ech3 = ech;
+  ech3["n"] = 3;
+  const Reply e1 = post(s.port(), "/v1/completions", ech);
+  const Reply e3 = post(s.port(), "/v1/completions", ech3);
+  ASSERT_EQ(e1.status, 200) << e1.body.dump();
+  ASSERT_EQ(e3.status, 200) << e3.body.dump();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(e3.body["choices"][i]["text"], e1.body["choices"][0]["text"]) << i;
+    EXPECT_EQ(e3.body["choices"][i]["logprobs"], e1.body["choices"][0]["logprobs"]) << i;
+  }
+  const int prompt_tokens = e1.body["usage"]["prompt_tokens"];
+  EXPECT_EQ(e1.body["choices"][0]["logprobs"]["tokens"].size(), static_cast<size_t>(prompt_tokens + 4));
+
+  // Streamed: each choice's chunks carry its log-probabilities, and they add up to the reply's.
+  json st = ech3;
+  st["stream"] = true;
+  const auto events = post_stream(s.port(), "/v1/completions", st);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::map<int, json> tokens, lps;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    const json c = json::parse(events[i]);
+    if (c["choices"].empty()) continue;
+    const json& ch = c["choices"][0];
+    if (!ch.contains("logprobs") || ch["logprobs"].is_null()) continue;
+    for (const auto& t : ch["logprobs"]["tokens"]) tokens[ch["index"].get<int>()].push_back(t);
+    for (const auto& t : ch["logprobs"]["token_logprobs"]) lps[ch["index"].get<int>()].push_back(t);
+  }
+  ASSERT_EQ(tokens.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(tokens[i], e1.body["choices"][0]["logprobs"]["tokens"]) << i;
+    EXPECT_EQ(lps[i], e1.body["choices"][0]["logprobs"]["token_logprobs"]) << i;
+  }
+
+  // Chat logprobs and JSON mode per choice: every choice lists its own tokens, and every
+  // choice that finished (not cut by max_tokens) is a JSON object.
+  const Reply j = post(s.port(), "/v1/chat/completions",
+                       {{"messages", {{{"role", "user"}, {"content", "Give me JSON"}}}}, {"max_tokens", 24}, {"n", 3},
+                        {"seed", 5}, {"temperature", 0.8}, {"logprobs", true}, {"top_logprobs", 1},
+                        {"response_format", {{"type", "json_object"}}}});
+  ASSERT_EQ(j.status, 200) << j.body.dump();
+  ASSERT_EQ(j.body["choices"].size(), 3u);
+  int generated = 0;
+  for (int i = 0; i < 3; ++i) {
+    const json& c = j.body["choices"][i];
+    const std::string text = c["message"]["content"];
+    generated += static_cast<int>(c["logprobs"]["content"].size());
+    std::string joined;
+    for (const auto& it : c["logprobs"]["content"]) joined += it["token"].get<std::string>();
+    // The first piece's leading space (sentencepiece's word mark) is not part of the text.
+    EXPECT_TRUE(joined == text || joined == " " + text) << i << ": " << joined << " vs " << text;
+    if (c["finish_reason"] == "stop") EXPECT_TRUE(json::parse(text, nullptr, false).is_object()) << text;
+    else EXPECT_EQ(text.rfind("{", 0), 0u) << text;
+  }
+  EXPECT_LE(generated, j.body["usage"]["completion_tokens"].get<int>());
+
+  // Scoring only (max_tokens 0) would give n identical echoes: refused, naming n.
+  const Reply z = post(s.port(), "/v1/completions", {{"prompt", "Hi"}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 0}, {"n", 2}});
+  EXPECT_EQ(z.status, 400);
+  EXPECT_EQ(z.body["error"]["param"], "n");
+}
+
 // Prometheus text format: each line a comment or `name{labels} value`; returns name{labels} -> value.
 std::map<std::string, double> parse_metrics(const std::string& text) {
   std::map<std::string, double> out;

@@ -27,8 +27,9 @@ bool valid_utf8(const std::string& s) {
 }  // namespace
 
 ChoiceStream::ChoiceStream(const Tokenizer& tok, const std::vector<std::string>& texts, const GenerationRequest& g,
-                           std::shared_ptr<const RequestHook> hook)
-    : tok_(tok), texts_(texts), g_(g), hook_(std::move(hook)), ts_(tok, g.stop) {}
+                           std::shared_ptr<const RequestHook> hook, std::shared_ptr<const RequestHook> prompt_hook)
+    : tok_(tok), texts_(texts), g_(g), hook_(std::move(hook)), prompt_hook_(prompt_hook ? std::move(prompt_hook) : hook_),
+      ts_(tok, g.stop) {}
 
 std::string ChoiceStream::token_string(int id) const {
   if (tok_.is_control(id) || id == tok_.unk_id()) return tok_.piece(id);
@@ -57,8 +58,8 @@ std::string ChoiceStream::start() {
   for (size_t i = 0; i < g_.prompt.size(); ++i) {
     const size_t offset = ts_.decoded_chars();
     text += ts_.prime({g_.prompt[i]});
-    if (g_.logprobs >= 0 && hook_)
-      items_.push_back({g_.prompt[i], i > 0, i > 0 ? hook_->prompt_entry(i) : TokenLogprob{}, offset});
+    if (g_.logprobs >= 0 && prompt_hook_)
+      items_.push_back({g_.prompt[i], i > 0, i > 0 ? prompt_hook_->prompt_entry(i) : TokenLogprob{}, offset});
   }
   return text;
 }

@@ -17,9 +17,10 @@ namespace mx::server {
 
 class ChoiceStream {
  public:
-  // texts: token_texts(tok); hook: the request's (may be null when no logprobs are wanted).
+  // texts: token_texts(tok); hook: this choice's (may be null when no logprobs are wanted);
+  // prompt_hook: the hook that scored the prompt for echo (choice 0's; default: hook).
   ChoiceStream(const Tokenizer& tok, const std::vector<std::string>& texts, const GenerationRequest& g,
-               std::shared_ptr<const RequestHook> hook);
+               std::shared_ptr<const RequestHook> hook, std::shared_ptr<const RequestHook> prompt_hook = nullptr);
   // The echoed prompt text (and its scored tokens); "" without echo. Call once, first.
   std::string start();
   // The text these generated tokens add that is safe to show now.
@@ -43,7 +44,7 @@ class ChoiceStream {
   const Tokenizer& tok_;
   const std::vector<std::string>& texts_;
   const GenerationRequest& g_;
-  std::shared_ptr<const RequestHook> hook_;
+  std::shared_ptr<const RequestHook> hook_, prompt_hook_;
   TextStream ts_;
   size_t generated_ = 0;  // generated tokens seen
   std::vector<Item> items_;

@@ -65,12 +65,14 @@ EngineLoop::~EngineLoop() { stop(); }
 
 std::shared_ptr<Job> EngineLoop::submit(Request r) { return submit_choices(std::move(r), 1)[0]; }
 
-std::vector<std::shared_ptr<Job>> EngineLoop::submit_choices(Request r, int n) {
+std::vector<std::shared_ptr<Job>> EngineLoop::submit_choices(Request r, int n,
+                                                          const std::vector<std::shared_ptr<TokenHook>>& hooks) {
   std::vector<std::shared_ptr<Job>> jobs;
   const auto t = std::chrono::steady_clock::now();
   for (int i = 0; i < std::max(n, 1); ++i) {
     auto job = std::make_shared<Job>();
     job->req_ = r;
+    if (static_cast<size_t>(i) < hooks.size()) job->req_.hook = hooks[static_cast<size_t>(i)];
     job->choice_ = i;
     job->leader_ = i > 0 ? jobs[0] : nullptr;
     job->t_submit_ = t;

@@ -79,7 +79,10 @@ class EngineLoop {
   // n choices of one prompt: choice i samples with stream i of the request's seed (choice 0 as
   // submit() would), and choices after the first copy the first one's prompt KV instead of
   // prefilling it.
-  std::vector<std::shared_ptr<Job>> submit_choices(Request r, int n);
+  // hooks[i], when given, replaces r.hook for choice i (each choice keeps its own penalty
+  // counts, JSON state and log-probabilities).
+  std::vector<std::shared_ptr<Job>> submit_choices(Request r, int n,
+                                                   const std::vector<std::shared_ptr<TokenHook>>& hooks = {});
   // Ends the request at the next step boundary (or before it starts) and frees its slot.
   // `client_left` counts it as cancelled; a stop string that matched ends it as completed.
   void cancel(const std::shared_ptr<Job>& job, bool client_left = true);

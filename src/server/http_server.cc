@@ -105,12 +105,29 @@ class BufferedStream : public httplib::Stream {
   size_t pos_ = 0;
 };
 
-// One choice of a request: its job and its text so far.
+// One choice of a request: its job and what the client sees of it.
 struct Choice {
   std::shared_ptr<Job> job;
-  std::unique_ptr<TextStream> ts;
-  bool ended = false;  // done, stopped or failed; its last chunk is out
+  std::shared_ptr<ChoiceStream> cs;
+  bool echoed = false;  // cs->start() was taken
+  bool ended = false;   // done, stopped or failed; its last chunk is out
 };
+
+// The text these tokens add to the choice (the echoed prompt first, once the prompt is scored:
+// by the step that yields its first token or ends it).
+std::string advance(Choice& c, const std::vector<int>& tokens) {
+  std::string piece;
+  if (!c.echoed && (!tokens.empty() || c.job->done())) {
+    piece = c.cs->start();
+    c.echoed = true;
+  }
+  return piece + c.cs->push(tokens);
+}
+
+bool has_logprobs(const nlohmann::json& lp) {
+  return lp.is_object() && ((lp.contains("content") && !lp["content"].empty()) ||
+                            (lp.contains("tokens") && !lp["tokens"].empty()));
+}
 
 bool all_ended(const std::vector<Choice>& cs) {
   for (const Choice& c : cs)
@@ -193,19 +210,26 @@ struct HttpServer::Impl {
     ho.json = g.json;
     ho.vocab = &vocab;
     ho.eos_id = tok.eos_id();
+    if (g.n > 1) {
+      if (g.score_only) {
+        send_error(res, ApiError(400, "'n' > 1 with max_tokens 0 would score the same prompt n times; send n=1", "n"));
+        return;
+      }
+      // Each choice has its own hook (penalty counts, JSON state, its log-probabilities). Only
+      // choice 0 prefills the prompt (the others copy its KV), so only it scores the prompt.
+      std::vector<std::shared_ptr<RequestHook>> hooks;
+      for (int i = 0; i < g.n; ++i) {
+        HookOptions hi = ho;
+        hi.score_prompt = ho.score_prompt && i == 0;
+        auto h = std::make_shared<RequestHook>(std::move(hi), g.prompt);
+        hooks.push_back(h->active() ? h : nullptr);
+      }
+      generate_choices(res, std::move(r), std::make_shared<GenerationRequest>(std::move(g)), chat, hooks);
+      return;
+    }
     auto hook = std::make_shared<RequestHook>(std::move(ho), g.prompt);
     if (hook->active()) r.hook = hook;
     else hook.reset();
-    if (g.n > 1) {
-      // Each choice would need its own hook (JSON state, penalty counts, its logprobs).
-      if (hook) {
-        send_error(res, ApiError(400, "'n' > 1 cannot yet be combined with logprobs, echo, logit_bias, "
-                                      "penalties or response_format; send n=1 requests instead", "n"));
-        return;
-      }
-      generate_choices(res, std::move(r), g, chat);
-      return;
-    }
     std::shared_ptr<Job> job = engine.submit(std::move(r));
     const ResponseMeta m = meta(chat);
     const int prompt_tokens = static_cast<int>(g.prompt.size());
@@ -276,8 +300,7 @@ struct HttpServer::Impl {
             piece += ts->push(tokens);
             // Chunks carry the log-probabilities of the tokens they were decoded from.
             const json lp = ts->take_logprobs();
-            const bool has_lp = lp.is_object() && ((lp.contains("content") && !lp["content"].empty()) ||
-                                                   (lp.contains("tokens") && !lp["tokens"].empty()));
+            const bool has_lp = has_logprobs(lp);
             if ((!piece.empty() || has_lp) && !write(sse(chunk_json(m, piece, "", false, has_lp ? lp : json(nullptr)))))
               return leave();
             if (ts->stopped()) {
@@ -310,18 +333,22 @@ struct HttpServer::Impl {
     return {{"id", opt.model_name}, {"object", "model"}, {"created", started}, {"owned_by", "mixtral"}};
   }
 
-  // n > 1: the choices share the prompt's KV (engine.submit_choices); plain text only.
-  void generate_choices(httplib::Response& res, Request r, const GenerationRequest& g, bool chat) {
+  // n > 1: the choices share the prompt's KV (engine.submit_choices), each with its own hook.
+  void generate_choices(httplib::Response& res, Request r, std::shared_ptr<GenerationRequest> g, bool chat,
+                        const std::vector<std::shared_ptr<RequestHook>>& hooks) {
+    std::vector<std::shared_ptr<TokenHook>> job_hooks(hooks.begin(), hooks.end());
     auto choices = std::make_shared<std::vector<Choice>>();
-    for (auto& job : engine.submit_choices(std::move(r), g.n))
-      choices->push_back(Choice{job, std::make_unique<TextStream>(tok, g.stop)});
+    const auto jobs = engine.submit_choices(std::move(r), g->n, job_hooks);
+    for (size_t i = 0; i < jobs.size(); ++i)
+      choices->push_back(Choice{jobs[i], std::make_shared<ChoiceStream>(tok, vocab.texts, *g, hooks[i], hooks[0])});
     const ResponseMeta m = meta(chat);
-    const int prompt_tokens = static_cast<int>(g.prompt.size());
-    if (g.stream) {
+    const int prompt_tokens = static_cast<int>(g->prompt.size());
+    if (g->stream) {
       stream_choices(res, choices, m, g, prompt_tokens);
       return;
     }
     std::vector<std::string> texts(choices->size());
+    std::vector<json> lps(choices->size());
     // Round robin over the choices (they advance in the same engine steps), so a stop string in
     // any of them ends that one at once.
     while (!all_ended(*choices)) {
@@ -332,27 +359,28 @@ struct HttpServer::Impl {
         std::vector<int> tokens;
         c.job->wait(tokens, waited ? std::chrono::milliseconds(0) : kPing);
         waited = true;
-        texts[i] += c.ts->push(tokens);
-        if (c.ts->stopped()) engine.cancel(c.job, false);
-        c.ended = c.ts->stopped() || c.job->done();
+        texts[i] += advance(c, tokens);
+        if (c.cs->stopped()) engine.cancel(c.job, false);
+        c.ended = c.cs->stopped() || c.job->done();
       }
     }
     Usage usage{prompt_tokens, 0};
     for (size_t i = 0; i < choices->size(); ++i) {
       Choice& c = (*choices)[i];
-      if (!c.ts->stopped() && !c.job->error().empty()) {
+      if (!c.cs->stopped() && !c.job->error().empty()) {
         for (Choice& o : *choices) engine.cancel(o.job, false);
         const int status = c.job->error_status();
         send_error(res, ApiError(status, c.job->error(), "", status >= 500 ? "server_error" : "invalid_request_error"));
         return;
       }
-      texts[i] += c.ts->finish();
-      usage.completion_tokens += c.ts->tokens();  // the prompt is counted once, in prompt_tokens
+      texts[i] += c.cs->finish();
+      lps[i] = c.cs->take_logprobs();
+      usage.completion_tokens += c.cs->tokens();  // the prompt is counted once, in prompt_tokens
     }
     json body;
     for (size_t i = 0; i < choices->size(); ++i) {
       Choice& c = (*choices)[i];
-      json one = response_json(m, texts[i], finish_name(c.job->finish(), c.ts->stopped()), usage);
+      json one = response_json(m, texts[i], finish_name(c.job->finish(), c.cs->stopped()), usage, lps[i]);
       if (i == 0) {
         body = std::move(one);
       } else {
@@ -367,8 +395,8 @@ struct HttpServer::Impl {
   // per choice with finish_reason, then [DONE]. A write that fails means the client left: the
   // request is cancelled.
   void stream_choices(httplib::Response& res, std::shared_ptr<std::vector<Choice>> choices, const ResponseMeta& m,
-              const GenerationRequest& g, int prompt_tokens) {
-    const bool include_usage = g.include_usage;
+                      std::shared_ptr<GenerationRequest> g, int prompt_tokens) {
+    const bool include_usage = g->include_usage;
     EngineLoop* eng = &engine;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
@@ -379,14 +407,15 @@ struct HttpServer::Impl {
     };
     res.set_chunked_content_provider(
         "text/event-stream",
-        [eng, choices, m, include_usage, prompt_tokens, held, cancel_all](size_t, httplib::DataSink& sink) {
+        [eng, choices, g, m, include_usage, prompt_tokens, held, cancel_all](size_t, httplib::DataSink& sink) {
           auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
           auto leave = [&] {
             cancel_all();
             return false;
           };
-          auto chunk = [&](size_t i, const std::string& text, const std::string& finish, bool first) {
-            json j = chunk_json(m, text, finish, first);
+          auto chunk = [&](size_t i, const std::string& text, const std::string& finish, bool first,
+                           const json& lp = nullptr) {
+            json j = chunk_json(m, text, finish, first, lp);
             j["choices"][0]["index"] = i;
             return write(sse(j));
           };
@@ -401,25 +430,30 @@ struct HttpServer::Impl {
               std::vector<int> tokens;
               changed |= c.job->wait(tokens, waited ? std::chrono::milliseconds(0) : kPing);
               waited = true;
-              const std::string piece = c.ts->push(tokens);
-              if (!piece.empty() && !chunk(i, piece, "", false)) return leave();
-              if (c.ts->stopped()) eng->cancel(c.job, false);
-              c.ended = c.ts->stopped() || c.job->done();
+              const std::string piece = advance(c, tokens);
+              // Chunks carry the log-probabilities of the tokens they were decoded from.
+              const json lp = c.cs->take_logprobs();
+              const bool has_lp = has_logprobs(lp);
+              if ((!piece.empty() || has_lp) && !chunk(i, piece, "", false, has_lp ? lp : json(nullptr)))
+                return leave();
+              if (c.cs->stopped()) eng->cancel(c.job, false);
+              c.ended = c.cs->stopped() || c.job->done();
               if (!c.ended) continue;
-              if (!c.ts->stopped() && !c.job->error().empty()) {
+              if (!c.cs->stopped() && !c.job->error().empty()) {
                 cancel_all();
                 const ApiError e(c.job->error_status(), c.job->error(), "", "server_error");
                 write(sse(error_json(e)));
                 sink.done();
                 return true;
               }
-              const std::string rest = c.ts->finish();
-              if (!chunk(i, rest, finish_name(c.job->finish(), c.ts->stopped()), false)) return leave();
+              const std::string rest = c.cs->finish();
+              if (!chunk(i, rest, finish_name(c.job->finish(), c.cs->stopped()), false, c.cs->take_logprobs()))
+                return leave();
             }
             if (!changed && !all_ended(*choices) && !write(": ping\n\n")) return leave();
           }
           Usage u{prompt_tokens, 0};
-          for (const Choice& c : *choices) u.completion_tokens += c.ts->tokens();
+          for (const Choice& c : *choices) u.completion_tokens += c.cs->tokens();
           if (include_usage && !write(sse(usage_chunk_json(m, u)))) return leave();
           if (!write("data: [DONE]\n\n")) return leave();
           sink.done();
