@@ -141,6 +141,8 @@ BENCHMARK_CAPTURE(BM_matmul, q8_0_w1_14336x4096_prefill, DType::Q8_0, 14336, 409
     ->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_matmul, q8_0r16_w1_14336x4096_prefill, DType::Q8_0R16, 14336, 4096)
     ->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_matmul, bf16_w1_14336x4096_prefill, DType::BF16, 14336, 4096)
+    ->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
 // Cache-resident weights (L2: 256 rows per call, 2 threads; L3: 2048 rows): compute ceilings.
 BENCHMARK_CAPTURE(BM_matmul_hot, q8_0_l2_256x4096, DType::Q8_0, 256, 4096)
     ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMicrosecond)->UseRealTime();
