@@ -123,6 +123,14 @@ void attention(const float* q, const KvRows& k, const KvRows& v, int n_kv, int n
   }
 }
 
+void attention_tokens(const float* q, int n_tokens, int64_t row_stride, const int* n_kv,
+                      const KvRows& k, const KvRows& v, int n_heads, int n_kv_heads, int head_dim,
+                      float scale, float* out, int kv_head) {
+  for (int t = 0; t < n_tokens; ++t)
+    ref::attention(q + t * row_stride, k, v, n_kv[t], n_heads, n_kv_heads, head_dim, scale,
+              out + t * row_stride, kv_head, kv_head + 1);
+}
+
 }  // namespace ref
 
 void rope_tables(const int32_t* pos, int64_t n_tokens, int head_dim, double theta, float* cos_out,
@@ -143,7 +151,8 @@ namespace {
 
 const OpsTable& ref_table() {
   static const OpsTable t = {ref::rmsnorm, ref::softmax, ref::silu_mul, ref::add,
-                             ref::scale,   ref::axpy,    ref::rope,     ref::attention};
+                             ref::scale,   ref::axpy,    ref::rope,     ref::attention,
+                             ref::attention_tokens};
   return t;
 }
 
@@ -175,6 +184,13 @@ void attention(const float* q, const KvRows& k, const KvRows& v, int n_kv, int n
                int kv_head_end) {
   table().attention(q, k, v, n_kv, n_heads, n_kv_heads, head_dim, scale, out, kv_head_begin,
                     kv_head_end);
+}
+
+void attention_tokens(const float* q, int n_tokens, int64_t row_stride, const int* n_kv,
+                      const KvRows& k, const KvRows& v, int n_heads, int n_kv_heads, int head_dim,
+                      float scale, float* out, int kv_head) {
+  table().attention_tokens(q, n_tokens, row_stride, n_kv, k, v, n_heads, n_kv_heads, head_dim,
+                           scale, out, kv_head);
 }
 
 }  // namespace mx::ops

@@ -72,6 +72,16 @@ void attention(const float* q, const KvRows& k, const KvRows& v, int n_kv, int n
                int n_kv_heads, int head_dim, float scale, float* out, int kv_head_begin = 0,
                int kv_head_end = -1);
 
+// ---- Tiled causal attention for a run of query tokens of one sequence (prefill)
+// For each token t < n_tokens (q row t at q + t * row_stride floats, out likewise) and each
+// query head of kv head `kv_head`: out = attention(q_t, k, v, n_kv[t], ...) over rows
+// [0, n_kv[t]) (n_kv[t] >= 1, every row below max n_kv written). Tiles of tokens x heads share
+// each K/V chunk read (flash-attention style, O(tile) memory); the result is bit-identical to
+// attention() for each token alone on the same SIMD path.
+void attention_tokens(const float* q, int n_tokens, int64_t row_stride, const int* n_kv,
+                      const KvRows& k, const KvRows& v, int n_heads, int n_kv_heads, int head_dim,
+                      float scale, float* out, int kv_head);
+
 // Scalar references (same contracts).
 namespace ref {
 void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out);
@@ -85,6 +95,9 @@ void rope(float* x, int64_t n_tokens, int64_t row_stride, int n_heads, int head_
 void attention(const float* q, const KvRows& k, const KvRows& v, int n_kv, int n_heads,
                int n_kv_heads, int head_dim, float scale, float* out, int kv_head_begin = 0,
                int kv_head_end = -1);
+void attention_tokens(const float* q, int n_tokens, int64_t row_stride, const int* n_kv,
+                      const KvRows& k, const KvRows& v, int n_heads, int n_kv_heads, int head_dim,
+                      float scale, float* out, int kv_head);
 }  // namespace ref
 
 }  // namespace ops

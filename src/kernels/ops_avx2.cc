@@ -11,6 +11,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include "kernels/ops_attention.h"
+#include "kernels/attention_tiled.h"
 
 namespace mx::ops {
 namespace {
@@ -208,7 +209,8 @@ void rope256(float* x, int64_t n_tokens, int64_t row_stride, int n_heads, int he
 }
 
 constexpr OpsTable kTable = {rmsnorm256, softmax256, silu_mul256, add256, scale256,
-                             axpy256,    rope256,    attention_simd<V256>};
+                             axpy256,    rope256,    attention_simd<V256>,
+                             attention_tile_simd<V256, 4>};
 
 }  // namespace
 

@@ -8,6 +8,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include "kernels/ops_attention.h"
+#include "kernels/attention_tiled.h"
 
 namespace mx::ops {
 namespace {
@@ -219,7 +220,8 @@ void rope512(float* x, int64_t n_tokens, int64_t row_stride, int n_heads, int he
 }
 
 constexpr OpsTable kTable = {rmsnorm512, softmax512, silu_mul512, add512, scale512,
-                             axpy512,    rope512,    attention_simd<V512>};
+                             axpy512,    rope512,    attention_simd<V512>,
+                             attention_tile_simd<V512, 8>};
 
 }  // namespace
 

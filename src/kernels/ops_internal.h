@@ -15,6 +15,8 @@ struct OpsTable {
   void (*rope)(float*, int64_t, int64_t, int, int, const float*, const float*, RopeLayout);
   void (*attention)(const float*, const KvRows&, const KvRows&, int, int, int, int, float, float*,
                     int, int);
+  void (*attention_tokens)(const float*, int, int64_t, const int*, const KvRows&, const KvRows&,
+                           int, int, int, float, float*, int);
 };
 
 const OpsTable& ops_avx2();

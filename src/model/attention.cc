@@ -31,19 +31,51 @@ void attention(const KvCache& kv, int layer, const std::vector<TokenPos>& tp,
   const int hd = c.head_dim, nh = c.n_heads, nkv = c.n_kv_heads;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   const int64_t T = static_cast<int64_t>(tp.size());
-  // One work item per (token, kv head): the group's query heads share each K/V row read, and
-  // long contexts of a single decode token still spread over every thread.
-  pool.parallel_for(T * nkv, [&](int64_t b, int64_t e, int) {
+  const int64_t stride = static_cast<int64_t>(nh) * hd;
+  // Work units: runs of consecutive positions of one slot (a prefill chunk) in tiles of up to
+  // kTile tokens go to the tiled kernel; lone tokens (decode) and tokens whose sliding window
+  // has moved off position 0 to the single-query kernel. Both give the same bits per token.
+  constexpr int kTile = 64;
+  struct Unit {
+    int64_t t0;
+    int n;
+    bool tiled;
+  };
+  std::vector<Unit> units;
+  std::vector<int> n_kv(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T;) {
+    int64_t e = t + 1;
+    const auto windowed = [&](int64_t i) { return c.sliding_window > 0 && tp[static_cast<size_t>(i)].pos >= c.sliding_window; };
+    if (!windowed(t)) {
+      while (e < T && e - t < kTile && tp[static_cast<size_t>(e)].slot == tp[static_cast<size_t>(t)].slot &&
+             tp[static_cast<size_t>(e)].pos == tp[static_cast<size_t>(e - 1)].pos + 1 && !windowed(e))
+        ++e;
+    }
+    for (int64_t i = t; i < e; ++i) n_kv[static_cast<size_t>(i)] = tp[static_cast<size_t>(i)].pos + 1;
+    units.push_back({t, static_cast<int>(e - t), e - t > 1});
+    t = e;
+  }
+  // kv head outermost: parallel_for's contiguous split then gives each thread whole heads of
+  // every tile, balancing the causal triangle (later tiles cost more).
+  const int64_t nu = static_cast<int64_t>(units.size());
+  pool.parallel_for(nu * nkv, [&](int64_t b, int64_t e, int) {
     for (int64_t it = b; it < e; ++it) {
-      const int64_t t = it / nkv;
-      const int g = static_cast<int>(it % nkv);
-      const TokenPos p = tp[static_cast<size_t>(t)];
+      const int g = static_cast<int>(it / nu);
+      const Unit& u = units[static_cast<size_t>(it % nu)];
+      const TokenPos p = tp[static_cast<size_t>(u.t0)];
+      if (u.tiled) {
+        ops::KvRows k{kv.dtype(), kv.k_rows(p.slot, layer), kv.row_bytes()};
+        ops::KvRows v{kv.dtype(), kv.v_rows(p.slot, layer), kv.row_bytes()};
+        ops::attention_tokens(q + u.t0 * stride, u.n, stride, n_kv.data() + u.t0, k, v, nh, nkv, hd,
+                              scale, out + u.t0 * stride, g);
+        continue;
+      }
       const int first = c.sliding_window > 0 ? std::max(0, p.pos - c.sliding_window + 1) : 0;
       const size_t off = static_cast<size_t>(first) * kv.row_bytes();
       ops::KvRows k{kv.dtype(), kv.k_rows(p.slot, layer) + off, kv.row_bytes()};
       ops::KvRows v{kv.dtype(), kv.v_rows(p.slot, layer) + off, kv.row_bytes()};
-      ops::attention(q + t * nh * hd, k, v, p.pos - first + 1, nh, nkv, hd, scale,
-                     out + t * nh * hd, g, g + 1);
+      ops::attention(q + u.t0 * stride, k, v, p.pos - first + 1, nh, nkv, hd, scale,
+                     out + u.t0 * stride, g, g + 1);
     }
   });
 }
