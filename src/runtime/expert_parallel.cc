@@ -63,7 +63,7 @@ struct Runtime {
   LoadOptions load;               // this rank's, with the placement rank 0 sent
   std::vector<int> owner;         // expert -> rank, filled when a model is attached
   std::vector<std::string> hosts; // each rank's hostname
-  double timeout_s = 10;          // MIXTRAL_EP_TIMEOUT: longest wait for a peer's expert rows
+  double timeout_s = 5;           // MIXTRAL_EP_TIMEOUT: longest wait for a peer's expert rows
 };
 
 Runtime& rt() {

@@ -9,7 +9,7 @@
 //   other ranks, which sit in follower_main() and run the same forward without the LM head.
 //   In each layer every rank runs its experts on the (token, j) pairs routed to them, then every
 //   rank sends its rows to every other (point to point, so a peer that stops answering is named
-//   after MIXTRAL_EP_TIMEOUT seconds, default 10); the combine then runs in a fixed
+//   after MIXTRAL_EP_TIMEOUT seconds, default 5); the combine then runs in a fixed
 //   order on all ranks, so hidden states stay identical everywhere.
 //
 // Without mpirun nothing here touches MPI (no daemon is needed); under `mpirun -np 1` MPI is

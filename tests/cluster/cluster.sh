@@ -20,11 +20,28 @@ CL_ADDR=()        # address of host i
 CL_CG=""          # cgroup v1 memory folder for this run ("" when no caps)
 CL_WORK=""
 CL_TIMEOUT=${CL_TIMEOUT:-120}
+CL_TC=$(command -v tc || echo /usr/sbin/tc)
 
 cluster_log() { echo "cluster: $*" >&2; }
 
-# cluster_up N [--rate R] [--delay D] [--mem-mb M]
+# cluster_up N [--rate R] [--delay D] [--mem-mb M]: a failed attempt leaves nothing behind.
 cluster_up() {
+  cluster_build "$@"
+  local rc=$?
+  if [[ $rc != 0 ]]; then cluster_down; fi
+  return $rc
+}
+
+# cluster_has_netem: whether this kernel can delay packets (sch_netem), tried in a scratch namespace.
+cluster_has_netem() {
+  local ns=${CL_TAG}probe ok=1
+  ip netns add "$ns" 2>/dev/null || return 1
+  ip netns exec "$ns" "$CL_TC" qdisc add dev lo root netem delay 1ms 2>/dev/null || ok=0
+  ip netns del "$ns"
+  ((ok))
+}
+
+cluster_build() {
   local n=$1; shift
   local rate="" delay="" mem_mb=""
   while [[ $# -gt 0 ]]; do
@@ -41,17 +58,16 @@ cluster_up() {
   fi
   ip netns del "${CL_TAG}probe"
   CL_N=$n
+  for ((i = 0; i < n; i++)); do CL_NETNS[i]=${CL_TAG}h$i; done
   CL_WORK=$(mktemp -d "/tmp/${CL_TAG}.XXXXXX")
-  local sw=${CL_TAG}sw
+  local sw=${CL_TAG}sw i
   ip netns add "$sw" || return 1
   ip -n "$sw" link add br0 type bridge || return 1
   ip -n "$sw" link set br0 up || return 1
-  local i
   : >"$CL_WORK/hostfile"
   : >"$CL_WORK/hosts.map"
   for ((i = 0; i < n; i++)); do
     local ns=${CL_TAG}h$i addr=10.77.0.$((i + 1))
-    CL_NETNS[i]=$ns
     CL_ADDR[i]=$addr
     ip netns add "$ns" || return 1
     # Both ends are created inside their namespaces: no interface ever appears outside them.
@@ -61,10 +77,16 @@ cluster_up() {
     ip -n "$ns" addr add "$addr/24" dev eth0 || return 1
     ip -n "$ns" link set eth0 up || return 1
     ip -n "$ns" link set lo up || return 1
-    if [[ -n $rate || -n $delay ]]; then
-      # Shapes what leaves each host; a message crosses two such links' worth of delay only
-      # on the way back, so a round trip costs 2 × delay.
-      ip netns exec "$ns" /usr/sbin/tc qdisc add dev eth0 root netem ${delay:+delay $delay} ${rate:+rate $rate} || return 1
+    # Give up on a peer that stops acknowledging after ~3 s instead of Linux's ~15 min, so that
+    # mpirun's abort does not wait on a host whose link is gone (docs/distributed.md).
+    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_retries2=3 || return 1
+    if [[ -n $delay ]]; then
+      # Shapes what leaves each host, so a round trip between two hosts costs 2 × delay.
+      ip netns exec "$ns" "$CL_TC" qdisc add dev eth0 root netem delay "$delay" ${rate:+rate $rate} || {
+        cluster_log "cannot add netem on host $i (a kernel without sch_netem cannot shape delay)"; return 1; }
+    elif [[ -n $rate ]]; then
+      # Rate alone: a token bucket, which every kernel with traffic control has.
+      ip netns exec "$ns" "$CL_TC" qdisc add dev eth0 root tbf rate "$rate" burst 256kb latency 100ms || return 1
     fi
     echo "$addr slots=1" >>"$CL_WORK/hostfile"
     echo "$addr $ns h$i" >>"$CL_WORK/hosts.map"
@@ -99,6 +121,8 @@ cluster_exec() {
 }
 
 # cluster_mpirun [args...]: mpirun on host 0, ranks placed in hostfile order (one per host).
+# The keepalive settings let mpirun notice within ~5 s that a host's daemon is unreachable
+# (OpenMPI's default is 300 s + 9 × 20 s); otherwise an abort waits on the lost host.
 cluster_mpirun() {
   cluster_exec 0 env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
     mpirun --hostfile "$CL_WORK/hostfile" \
@@ -106,6 +130,7 @@ cluster_mpirun() {
     --mca plm_rsh_no_tree_spawn 1 \
     --mca btl tcp,self --mca pml ob1 \
     --mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 \
+    --mca oob_tcp_keepalive_time 2 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3 \
     "$@"
 }
 
@@ -125,7 +150,7 @@ cluster_down() {
     rmdir "$CL_CG" 2>/dev/null
   fi
   [[ -n $CL_WORK ]] && rm -rf "$CL_WORK"
-  CL_N=0
+  CL_N=0 CL_CG="" CL_WORK=""
 }
 trap cluster_down EXIT
 trap 'exit 130' INT TERM
