@@ -14,9 +14,12 @@ addr=${1:?agent.sh: no host}; shift
 read -r _ ns name < <(awk -v a="$addr" '$1 == a' "$CL_MAP")
 [[ -n ${ns:-} ]] || { echo "agent.sh: $addr is not a host of this cluster ($CL_MAP)" >&2; exit 255; }
 if [[ -n $CL_CG ]]; then
-  echo $$ >"$CL_CG/$name/cgroup.procs" || { echo "agent.sh: cannot enter cgroup $CL_CG/$name" >&2; exit 255; }
+  cg=$CL_CG/$name
+  echo $$ >"$cg/cgroup.procs" || { echo "agent.sh: cannot enter cgroup $cg" >&2; exit 255; }
 fi
+# nsenter rather than `ip netns exec`: only the network namespace changes, so /sys (and the
+# cgroup tree under it) stays visible to the agents mpirun starts from host 0.
 if ((argv)); then
-  exec ip netns exec "$ns" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$name" "$@"
+  exec nsenter --net=/run/netns/"$ns" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$name" "$@"
 fi
-exec ip netns exec "$ns" unshare --uts sh -c 'hostname "$0" && eval "$1"' "$name" "$*"
+exec nsenter --net=/run/netns/"$ns" unshare --uts sh -c 'hostname "$0" && eval "$1"' "$name" "$*"
