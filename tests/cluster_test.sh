@@ -127,6 +127,30 @@ for n in 2 3 4 6; do
     serve_session "$W/serve.$n" 0 cluster_mpirun -np $n
     same "serve on $n hosts" "$W/serve.ref" "$W/serve.$n"
   fi
+  if [[ $n == 2 ]]; then
+    # Per-host bundles (repack --ranks 2): a host missing one of its files, and a host whose files
+    # come from another model, are named at start.
+    "$BIN" repack --model "$MODEL" --out "$W/cache" --ranks 2 >/dev/null 2>&1
+    "$BIN" make-tiny --out "$W/other" --seed 2 >/dev/null 2>&1
+    "$BIN" repack --model "$W/other" --out "$W/cache2" --ranks 2 >/dev/null 2>&1
+    for r in 0 1; do
+      for c in cache cache2; do
+        mkdir -p "$W/$c.host$r"
+        files=$(python3 -c "import json,sys; print(' '.join(json.load(open(sys.argv[1]))['ranks']['files'][$r]))" "$W/$c/manifest.json")
+        (cd "$W/$c" && cp manifest.json $files "$W/$c.host$r/")
+      done
+    done
+    run "$W/score.bundle" "$W/err" cluster_mpirun -np 2 "$BIN" score --model "$W/cache.host{rank}" --cases "$CASES"
+    exited_ok "score from per-host bundles" "$W/err"
+    same "score, 2 hosts each holding only its bundle" "$W/score.ref" "$W/score.bundle"
+    run "$W/out" "$W/err" cluster_mpirun -np 2 -x MIXTRAL_MODEL_RANK1="$W/cache2.host1" "$BIN" score --model "$W/cache.host0" --cases "$CASES"
+    [[ $RC != 0 && $RC != 124 ]] && grep -q "rank 1 (host h1): its model .*cache2.host1 differs from rank 0's" "$W/err" &&
+      pass "a host with another model's files is named at start" || fail "other model on h1: exit $RC, $(head -3 "$W/err")"
+    rm "$W/cache.host1/expert-005.bin"
+    run "$W/out" "$W/err" cluster_mpirun -np 2 "$BIN" score --model "$W/cache.host{rank}" --cases "$CASES"
+    [[ $RC != 0 && $RC != 124 ]] && grep -q "rank 1 (host h1): .*expert-005.bin: missing" "$W/err" &&
+      pass "a host missing an expert file is named at start (${SECS}s)" || fail "missing file on h1: exit $RC, $(head -3 "$W/err")"
+  fi
   if [[ $n == 3 ]]; then
     # A placement file: uneven, not contiguous, one host holding most experts.
     printf '# by memory\nrank 0: 6\nrank 1: 0-4 7\nrank 2: 5\n' >"$W/place"

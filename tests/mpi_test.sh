@@ -175,7 +175,7 @@ else
   # A host missing one of its expert files: the job ends, naming the rank and the file.
   rm "$W/host1/expert-005.bin"
   run "$W/out" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" score --model "$W/host{rank}" --cases "$CASES"
-  if [[ $RC != 0 && $RC != 124 ]] && grep -q "rank 1: .*expert-005.bin" "$W/err" &&
+  if [[ $RC != 0 && $RC != 124 ]] && grep -q "rank 1 (host [^)]*): .*expert-005.bin" "$W/err" &&
      ranks_failed 2 -np 2 "$W/wrap.sh" score --model "$W/host{rank}" --cases "$CASES"; then
     pass "missing expert file: rank 1 and the file named, both ranks exit non-zero (${SECS}s)"
   else

@@ -690,7 +690,7 @@ void open_end(const Model* m, const std::string& local_error) {
     } else {
       continue;
     }
-    err += (err.empty() ? "" : "; ") + ("rank " + std::to_string(q) + ": " + why);
+    err += (err.empty() ? "" : "; ") + ("rank " + std::to_string(q) + " (host " + host_of(q) + "): " + why);
   }
   if (!err.empty()) fail(err);
   // Which rank holds which experts, once at start (the default blocks or the placement file).

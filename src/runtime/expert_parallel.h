@@ -51,7 +51,7 @@ int default_threads();
 void open_begin(const std::vector<int>& owner);
 // Collects every rank's outcome of loading. `local_error` is rank 0's ("" when it loaded `m`).
 // On success prints the placement to stderr ("placement: rank 0 (host a): experts 0-2; ...").
-// Throws mx::Error naming each failing rank and its cause ("rank 1: ...: no such file"), or a
+// Throws mx::Error naming each failing rank and its cause ("rank 1 (host b): ...: no such file"), or a
 // rank whose model differs from rank 0's. Every rank must reach it, so call it even on failure.
 void open_end(const Model* m, const std::string& local_error);
 // Replaces m.experts with the exchanging runner and sets m.before_step to broadcast each step.
