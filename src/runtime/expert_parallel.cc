@@ -64,6 +64,7 @@ struct Runtime {
   std::vector<int> owner;         // expert -> rank, filled when a model is attached
   std::vector<std::string> hosts; // each rank's hostname
   double timeout_s = 5;           // MIXTRAL_EP_TIMEOUT: longest wait for a peer's expert rows
+  double layer_t0 = 0;            // when this rank began the current layer's work
 };
 
 Runtime& rt() {
@@ -200,12 +201,18 @@ void all_to_all_rows(int layer, int dim) {
             "MPI_Isend (expert outputs)");
     }
   const double t0 = now_s();
+  // A peer may legitimately need longer than this rank for the same layer (a long prefill
+  // chunk, routing that sends it more pairs): wait at least 2N times this rank's own work.
+  const double limit = std::max(r.timeout_s, 2.0 * N * (t0 - r.layer_t0));
   int done = 0;
   for (long spins = 0;; ++spins) {
     check(MPI_Testall(static_cast<int>(r.reqs.size()), r.reqs.data(), &done, MPI_STATUSES_IGNORE),
           "MPI_Testall (expert outputs)");
-    if (done) return;
-    if ((spins & 255) == 0 && now_s() - t0 > r.timeout_s) break;
+    if (done) {
+      r.layer_t0 = now_s();
+      return;
+    }
+    if ((spins & 255) == 0 && now_s() - t0 > limit) break;
   }
   // Name the peers whose rows never came (or that never took ours).
   std::string who;
@@ -218,7 +225,7 @@ void all_to_all_rows(int layer, int dim) {
   }
   if (who.empty()) who = "a rank that did not take this rank's rows";
   char secs[32];
-  std::snprintf(secs, sizeof secs, "%g", r.timeout_s);
+  std::snprintf(secs, sizeof secs, "%.3g", limit);
   abort_job("layer " + std::to_string(layer) + ": no expert rows from " + who + " for " + secs +
             " s; that host is down or unreachable (MIXTRAL_EP_TIMEOUT sets the wait)");
 }
@@ -544,6 +551,7 @@ struct Follower {
     }
     ++r.stats.steps;
     r.layers_done = 0;
+    r.layer_t0 = now_s();
     forward(*model, kv, batch, *pool);
   }
 };
@@ -731,6 +739,7 @@ void attach_root(Model& m, ThreadPool& pool) {
     ++r.stats.steps;
     r.layers_done = 0;
     r.step_open = m.config.n_layers > 0;
+    r.layer_t0 = now_s();
   };
 }
 
