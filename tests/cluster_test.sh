@@ -17,8 +17,9 @@ source "$SRC/tests/cluster/cluster.sh"
 CL_TIMEOUT=90
 
 command -v mpirun >/dev/null || { echo "FAIL: mpirun not found (apt-get install openmpi-bin)"; exit 1; }
-if ! cluster_up 2; then
-  rc=$?
+cluster_up 2
+rc=$?
+if [[ $rc != 0 ]]; then
   if [[ $rc == 77 ]]; then
     echo "SKIP: SKIPPED: cannot create network namespaces here (needs root and iproute2); no multi-host check ran"
     exit 77
