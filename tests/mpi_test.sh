@@ -94,7 +94,30 @@ run "$W/ver" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" --version
 [[ $RC == 0 && $(grep -c mixtral "$W/ver") == 1 ]] && pass "--version under -np 2 prints once" ||
   fail "--version under -np 2: exit $RC, output: $(cat "$W/ver")"
 
-# ---- a rank count that does not divide the 8 experts ------------------------------------------
+# ---- rank counts that do not divide the 8 experts: uneven shares (3 ranks: 3+3+2) -------------
+for np in 3 5 6 7 8; do
+  run "$W/score.$np" "$W/err.$np" "${MPIRUN[@]}" -np $np "$BIN" score --model "$MODEL" --cases "$CASES"
+  exited_ok "score -np $np" "$W/err.$np"
+  same "score --cases, -np $np (uneven expert shares)" "$W/score.ref" "$W/score.$np"
+done
+grep -q '^placement: rank 0 ([^)]*): experts 0-2; rank 1 ([^)]*): experts 3-5; rank 2 ([^)]*): experts 6-7$' "$W/err.3" &&
+  pass "-np 3: placement 3+3+2 printed at start" || fail "-np 3 placement line: $(grep placement "$W/err.3")"
+run "$W/batch.3" "$W/err" "${MPIRUN[@]}" -np 3 "$BIN" generate --model "$MODEL" --prompts-file "$W/prompts.json" -n 12 --temperature 0 --json
+exited_ok "mixed-length batch -np 3" "$W/err"
+same "mixed-length batch, -np 3" "$W/batch.ref" "$W/batch.3"
+# A placement file: experts pinned by hand, one rank holding none.
+printf 'rank 0: 7\nrank 1: 0-3 5\nrank 2: 4 6\n' >"$W/place"
+run "$W/score.place" "$W/err" "${MPIRUN[@]}" -np 4 "$BIN" score --model "$MODEL" --cases "$CASES" --placement "$W/place"
+exited_ok "score -np 4 --placement" "$W/err"
+same "score --cases, -np 4, placement file (rank 3 holds no experts)" "$W/score.ref" "$W/score.place"
+grep -q 'rank 1 ([^)]*): experts 0-3 5; rank 2 ([^)]*): experts 4 6; rank 3 ([^)]*): experts none' "$W/err" &&
+  pass "placement file printed at start" || fail "placement line: $(grep placement "$W/err")"
+printf 'rank 0: 0-4\nrank 1: 4-7\n' >"$W/place.bad"
+run "$W/out" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" score --model "$MODEL" --cases "$CASES" --placement "$W/place.bad"
+[[ $RC != 0 && $RC != 124 ]] && grep -q "place.bad:2: expert 4 is already placed (line 1)" "$W/err" &&
+  pass "bad placement file: clear error naming file and line" || fail "bad placement: exit $RC, $(head -3 "$W/err")"
+
+# ---- more ranks than experts ------------------------------------------------------------------
 # Each rank records its own exit code through a wrapper, to check that every one is non-zero
 # (mpirun is told not to kill the others when the first one exits, so each gets to write it).
 cat >"$W/wrap.sh" <<EOF
@@ -112,12 +135,12 @@ ranks_failed() {
   "${MPIRUN[@]}" --mca orte_abort_on_non_zero_status 0 "$@" >/dev/null 2>&1
   [[ $(cat "$W"/rc.* 2>/dev/null | grep -cv '^0$') == "$n" ]]
 }
-run "$W/out" "$W/err" "${MPIRUN[@]}" -np 3 "$BIN" score --model "$MODEL" --cases "$CASES"
-if [[ $RC != 0 && $RC != 124 ]] && grep -q "3 ranks do not divide the 8 experts" "$W/err" &&
-   ranks_failed 3 -np 3 "$W/wrap.sh" score --model "$MODEL" --cases "$CASES"; then
-  pass "-np 3: clear error, all 3 ranks exit non-zero (${SECS}s)"
+run "$W/out" "$W/err" "${MPIRUN[@]}" -np 9 "$BIN" score --model "$MODEL" --cases "$CASES"
+if [[ $RC != 0 && $RC != 124 ]] && grep -q "9 ranks but only 8 experts" "$W/err" &&
+   ranks_failed 9 -np 9 "$W/wrap.sh" score --model "$MODEL" --cases "$CASES"; then
+  pass "-np 9: clear error, all 9 ranks exit non-zero (${SECS}s)"
 else
-  fail "-np 3: exit $RC, rank exit codes: $(cat "$W"/rc.* 2>/dev/null | tr '\n' ' '), stderr: $(head -3 "$W/err")"
+  fail "-np 9: exit $RC, rank exit codes: $(cat "$W"/rc.* 2>/dev/null | tr '\n' ' '), stderr: $(head -3 "$W/err")"
 fi
 
 # ---- hosts that hold only their own files --------------------------------------------------------
@@ -152,7 +175,7 @@ else
   # A host missing one of its expert files: the job ends, naming the rank and the file.
   rm "$W/host1/expert-005.bin"
   run "$W/out" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" score --model "$W/host{rank}" --cases "$CASES"
-  if [[ $RC != 0 && $RC != 124 ]] && grep -q "rank 1: .*expert-005.bin" "$W/err" &&
+  if [[ $RC != 0 && $RC != 124 ]] && grep -q "rank 1 (host [^)]*): .*expert-005.bin" "$W/err" &&
      ranks_failed 2 -np 2 "$W/wrap.sh" score --model "$W/host{rank}" --cases "$CASES"; then
     pass "missing expert file: rank 1 and the file named, both ranks exit non-zero (${SECS}s)"
   else

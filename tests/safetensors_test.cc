@@ -131,8 +131,22 @@ TEST(Checkpoint, UnrecognizedFolderListsWhatWasLookedFor) {
   expect_error([&] { load_model(d); }, {d, "looked for", "config.json", "params.json", ".gguf"});
 }
 
-TEST(Checkpoint, RanksMustDivideExperts) {
-  expect_error([] { load_model(test::data_path("tiny-mixtral/hf"), {0, 3}); }, {"3 ranks do not divide the 8 experts"});
+TEST(Checkpoint, UnevenRanksAndPlacements) {
+  // 3 ranks of 8 experts: 3+3+2; rank 2 holds 6 and 7 only.
+  LoadedModel m = load_model(test::data_path("tiny-mixtral/hf"), {2, 3});
+  EXPECT_FALSE(m.store.has("layers.0.experts.5.w1"));
+  EXPECT_TRUE(m.store.has("layers.0.experts.6.w1"));
+  EXPECT_TRUE(m.store.has("layers.1.experts.7.w2"));
+  expect_error([] { load_model(test::data_path("tiny-mixtral/hf"), {0, 9}); }, {"9 ranks but only 8 experts"});
+  LoadOptions lo{1, 2};
+  lo.owner = {1, 0, 0, 0, 0, 0, 0, 1};
+  LoadedModel p = load_model(test::data_path("tiny-mixtral/hf"), lo);
+  EXPECT_TRUE(p.store.has("layers.0.experts.0.w1"));
+  EXPECT_FALSE(p.store.has("layers.0.experts.1.w1"));
+  EXPECT_TRUE(p.store.has("layers.0.experts.7.w1"));
+  lo.owner = {0, 1, 0};
+  expect_error([&] { load_model(test::data_path("tiny-mixtral/hf"), lo); },
+               {"the placement places 3 experts but the model has 8"});
 }
 
 TEST(Checkpoint, RankSkipsOtherExperts) {

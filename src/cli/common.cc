@@ -7,6 +7,7 @@
 #include "formats/error.h"
 #include "formats/model_loader.h"
 #include "runtime/expert_parallel.h"
+#include "runtime/placement.h"
 #include "runtime/tokenizer.h"
 
 namespace mx::cli {
@@ -31,6 +32,8 @@ void add_engine_options(CLI::App* app, EngineOptions& o, const std::string& defa
   app->add_option("--threads,-t", o.threads, "worker threads (default: all cores)");
   app->add_option("--kv-dtype", o.kv_dtype, "KV cache storage: f32, f16 or bf16")
       ->default_str(default_kv);
+  app->add_option("--placement", o.placement,
+                  "under mpirun: file pinning experts to ranks, lines 'rank R: 0-2 5' (docs/distributed.md)");
   app->add_flag("--no-interleave", o.no_interleave,
                 "run row-major Q8_0/Q4_0 matrices (a GGUF) as mapped instead of interleaving them "
                 "at load (faster start, slower kernels; a q8/q4 cache is interleaved already)");
@@ -55,6 +58,7 @@ Engine open_engine(const EngineOptions& o) {
   e.pool = std::make_unique<ThreadPool>(o.threads > 0 ? o.threads : w.mpi ? ep::default_threads() : 0);
   LoadOptions lo{w.rank, w.size};
   lo.interleave = !o.no_interleave;
+  if (!o.placement.empty()) lo.owner = ep::read_placement_file(o.placement, w.size);
   const std::string path = w.mpi ? ep::model_path_for_rank(o.model, w.rank) : o.model;
   auto load = [&] {
     e.loaded = std::make_shared<LoadedModel>(load_model(path, lo));
@@ -69,7 +73,7 @@ Engine open_engine(const EngineOptions& o) {
     ep::note_local_model(*e.model);
     return e;
   }
-  ep::open_begin();
+  ep::open_begin(lo.owner);
   // Every rank must report before anyone may fail, so rank 0's own error waits for theirs.
   std::string err;
   try {

@@ -20,6 +20,7 @@ struct EngineOptions {
   int threads = 0;             // 0: all cores
   std::string kv_dtype = "f16";
   bool no_interleave = false;  // keep row-major Q8_0 / Q4_0 matrices as they are mapped
+  std::string placement;       // under mpirun: a file pinning experts to ranks (runtime/placement.h)
 };
 
 void add_engine_options(CLI::App* app, EngineOptions& o, const std::string& default_kv = "f16");

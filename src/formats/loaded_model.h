@@ -1,6 +1,7 @@
 // What every checkpoint loader returns: the config, the tensors under canonical names
 // (see tensor_store.h), and where the tokenizer comes from.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -10,17 +11,24 @@
 
 namespace mx {
 
-// Which experts this process needs. Rank r of N owns experts [r*E/N, (r+1)*E/N); loaders skip
-// (never map or copy) the tensors of experts outside `owns`.
+// Which experts this process needs. By default rank r of N owns a contiguous block of experts,
+// the first E%N ranks one more than the rest (3 ranks of 8: 0-2, 3-5, 6-7); `owner` (expert ->
+// rank, from a placement file) overrides that. Loaders skip (never map or copy) the tensors of
+// experts this rank does not own.
 struct LoadOptions {
   int rank = 0;
   int n_ranks = 1;
   // Row-major Q8_0 / Q4_0 matrices (a GGUF, or a cache from before the r16 layouts) are
   // interleaved into memory of their own when the model is bound, as repack stores them.
   bool interleave = true;
-  bool owns_expert(int e, int n_experts) const {
-    const int per = n_experts / n_ranks;
-    return e >= rank * per && e < (rank + 1) * per;
+  std::vector<int> owner{};  // empty: the default blocks; else one rank per expert
+  bool owns_expert(int e, int n_experts) const { return expert_owner(e, n_experts) == rank; }
+  int expert_owner(int e, int n_experts) const {
+    if (!owner.empty()) return e < static_cast<int>(owner.size()) ? owner[static_cast<size_t>(e)] : -1;
+    const int per = n_experts / n_ranks, extra = n_experts % n_ranks;
+    // Ranks below `extra` hold per+1 experts, starting at r*(per+1).
+    const int big = extra * (per + 1);
+    return e < big ? e / (per + 1) : extra + (e - big) / std::max(per, 1);
   }
 };
 

@@ -82,9 +82,16 @@ LoadedModel load_model(const std::string& path, const LoadOptions& opts) {
   } else {
     m = load_weight_cache(fs::is_regular_file(path) ? fs::path(path).parent_path().string() : path, opts);
   }
-  if (m.config.n_experts % opts.n_ranks != 0)
-    fail(path + ": " + std::to_string(opts.n_ranks) + " ranks do not divide the " +
-         std::to_string(m.config.n_experts) + " experts; use a rank count that divides it");
+  const int E = m.config.n_experts;
+  if (!opts.owner.empty()) {
+    if (static_cast<int>(opts.owner.size()) != E)
+      fail(path + ": the placement places " + std::to_string(opts.owner.size()) + " experts but the model has " +
+           std::to_string(E));
+  } else if (opts.n_ranks > E) {
+    // Splitting one expert over several ranks is not supported: extra ranks would hold nothing.
+    fail(path + ": " + std::to_string(opts.n_ranks) + " ranks but only " + std::to_string(E) +
+         " experts; use at most " + std::to_string(E) + " ranks");
+  }
   check_tensors(m, opts);
   return m;
 }

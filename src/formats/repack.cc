@@ -307,9 +307,9 @@ RepackResult repack(const RepackOptions& o) {
 
   const LoadedModel m = load_model(o.model);
   const ModelConfig& c = m.config;
-  if (o.ranks > 0 && c.n_experts % o.ranks != 0)
-    fail("--ranks " + std::to_string(o.ranks) + " does not divide the model's " +
-         std::to_string(c.n_experts) + " experts");
+  if (o.ranks > c.n_experts)
+    fail("--ranks " + std::to_string(o.ranks) + " is more than the model's " + std::to_string(c.n_experts) +
+         " experts");
 
   const fs::path tmp = out.string() + ".tmp-" + std::to_string(::getpid());
   std::error_code ec;
@@ -425,11 +425,12 @@ RepackResult repack(const RepackOptions& o) {
 
     if (o.ranks > 0) {
       mf.ranks = o.ranks;
-      const int per = c.n_experts / o.ranks;
       for (int r = 0; r < o.ranks; ++r) {
+        // The default placement (LoadOptions): uneven counts give the first ranks one more.
+        const LoadOptions lo{r, o.ranks};
         std::vector<std::string> files;
         for (const auto& f : mf.files)
-          if (f.kind != "expert" || (f.expert >= r * per && f.expert < (r + 1) * per))
+          if (f.kind != "expert" || lo.owns_expert(f.expert, c.n_experts))
             files.push_back(f.name);
         mf.rank_files.push_back(files);
       }

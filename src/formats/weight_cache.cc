@@ -345,8 +345,8 @@ CacheManifest parse_cache_manifest(const std::string& text, const std::string& p
   if (j.contains("ranks") && !j["ranks"].is_null()) {
     const json& rk = j["ranks"];
     const int64_t count = r.i64(rk, "count", "ranks.");
-    if (count < 1 || count > m.config.n_experts || m.config.n_experts % count != 0)
-      fail(path + ": field 'ranks.count' (" + std::to_string(count) + ") must divide the " +
+    if (count < 1 || count > m.config.n_experts)
+      fail(path + ": field 'ranks.count' (" + std::to_string(count) + ") must be 1 to the " +
            std::to_string(m.config.n_experts) + " experts");
     const json& rf = r.field(rk, "files", "ranks.");
     if (!rf.is_array() || static_cast<int64_t>(rf.size()) != count)

@@ -22,6 +22,7 @@
 #include "kernels/thread_pool.h"
 #include "model/forward.h"
 #include "model/kv_cache.h"
+#include "runtime/placement.h"
 
 namespace mx::ep {
 
@@ -58,6 +59,12 @@ struct Runtime {
   int first_expert = 0, n_experts = 0;
   std::vector<int> counts, displs, cursor;
   std::vector<float> buf;
+  std::vector<MPI_Request> reqs;
+  LoadOptions load;               // this rank's, with the placement rank 0 sent
+  std::vector<int> owner;         // expert -> rank, filled when a model is attached
+  std::vector<std::string> hosts; // each rank's hostname
+  double timeout_s = 5;           // MIXTRAL_EP_TIMEOUT: longest wait for a peer's expert rows
+  double layer_t0 = 0;            // when this rank began the current layer's work
 };
 
 Runtime& rt() {
@@ -163,23 +170,83 @@ Header recv_msg(std::vector<char>* payload) {
 
 // ---- the per-layer exchange -----------------------------------------------------------------
 
+// Every rank sends its rows (r.buf at its displacement) to every other rank and receives theirs
+// into place: an allgather, written as point-to-point messages so that a peer that stops
+// answering (dead host, link down) is noticed after r.timeout_s and named, instead of
+// blocking a collective forever. Only data moves, so results are unchanged.
+void all_to_all_rows(int layer, int dim) {
+  Runtime& r = rt();
+  const int N = r.world.size, me = r.world.rank;
+  const MPI_Datatype t = row_type(dim);
+  const size_t row = static_cast<size_t>(dim);
+  r.reqs.clear();
+  std::vector<int> from;  // the peer each receive request waits for
+  for (int q = 0; q < N; ++q) {
+    const int n = r.counts[static_cast<size_t>(q)];
+    if (q == me || n == 0) continue;
+    r.reqs.emplace_back();
+    from.push_back(q);
+    check(MPI_Irecv(r.buf.data() + static_cast<size_t>(r.displs[static_cast<size_t>(q)]) * row, n, t, q, 7,
+                    r.data, &r.reqs.back()),
+          "MPI_Irecv (expert outputs)");
+  }
+  const size_t n_recv = r.reqs.size();
+  const int mine = r.counts[static_cast<size_t>(me)];
+  if (mine > 0)
+    for (int q = 0; q < N; ++q) {
+      if (q == me) continue;
+      r.reqs.emplace_back();
+      check(MPI_Isend(r.buf.data() + static_cast<size_t>(r.displs[static_cast<size_t>(me)]) * row, mine, t, q, 7,
+                      r.data, &r.reqs.back()),
+            "MPI_Isend (expert outputs)");
+    }
+  const double t0 = now_s();
+  // A peer may legitimately need longer than this rank for the same layer (a long prefill
+  // chunk, routing that sends it more pairs): wait at least 2N times this rank's own work.
+  const double limit = std::max(r.timeout_s, 2.0 * N * (t0 - r.layer_t0));
+  int done = 0;
+  for (long spins = 0;; ++spins) {
+    check(MPI_Testall(static_cast<int>(r.reqs.size()), r.reqs.data(), &done, MPI_STATUSES_IGNORE),
+          "MPI_Testall (expert outputs)");
+    if (done) {
+      r.layer_t0 = now_s();
+      return;
+    }
+    if ((spins & 255) == 0 && now_s() - t0 > limit) break;
+  }
+  // Name the peers whose rows never came (or that never took ours).
+  std::string who;
+  for (size_t k = 0; k < r.reqs.size(); ++k) {
+    int ok = 0;
+    if (r.reqs[k] != MPI_REQUEST_NULL) MPI_Request_get_status(r.reqs[k], &ok, MPI_STATUS_IGNORE);
+    if (r.reqs[k] == MPI_REQUEST_NULL || ok || k >= n_recv) continue;
+    const int q = from[k];
+    who += (who.empty() ? "" : ", ") + ("rank " + std::to_string(q) + " on host " + host_of(q));
+  }
+  if (who.empty()) who = "a rank that did not take this rank's rows";
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%.3g", limit);
+  abort_job("layer " + std::to_string(layer) + ": no expert rows from " + who + " for " + secs +
+            " s; that host is down or unreachable (MIXTRAL_EP_TIMEOUT sets the wait)");
+}
+
 // Every rank holds the same hidden states and routing, so every rank knows which rows each
 // rank computes and in which order: rank q contributes the rows i (= t*top_k + j) whose expert
-// it owns, in ascending i. One Allgatherv then leaves every y row on every rank.
+// it owns, in ascending i. all_to_all_rows then leaves every y row on every rank.
 void exchange(const Model& m, int layer, const MoeRouting& route, int dim, float* y) {
   Runtime& r = rt();
   const int N = r.world.size, me = r.world.rank;
-  const int per = m.config.n_experts / N;
+  const std::vector<int>& owner = r.owner;
   const int P = route.n_tokens * route.top_k;
   r.counts.assign(static_cast<size_t>(N), 0);
-  for (int i = 0; i < P; ++i) ++r.counts[static_cast<size_t>(route.expert[static_cast<size_t>(i)] / per)];
+  for (int i = 0; i < P; ++i) ++r.counts[static_cast<size_t>(owner[static_cast<size_t>(route.expert[static_cast<size_t>(i)])])];
   r.displs.assign(static_cast<size_t>(N), 0);
   for (int q = 1; q < N; ++q) r.displs[static_cast<size_t>(q)] = r.displs[static_cast<size_t>(q - 1)] + r.counts[static_cast<size_t>(q - 1)];
   r.buf.resize(static_cast<size_t>(P) * static_cast<size_t>(dim));
   const size_t row = static_cast<size_t>(dim);
   float* mine = r.buf.data() + static_cast<size_t>(r.displs[static_cast<size_t>(me)]) * row;
   for (int i = 0, k = 0; i < P; ++i)
-    if (route.expert[static_cast<size_t>(i)] / per == me)
+    if (owner[static_cast<size_t>(route.expert[static_cast<size_t>(i)])] == me)
       std::memcpy(mine + static_cast<size_t>(k++) * row, y + static_cast<size_t>(i) * row, row * sizeof(float));
 
   if (r.check_routing) {
@@ -201,9 +268,7 @@ void exchange(const Model& m, int layer, const MoeRouting& route, int dim, float
     r.stats.wait_seconds += now_s() - t0;
   }
   const double t0 = now_s();
-  check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, r.buf.data(), r.counts.data(),
-                       r.displs.data(), row_type(dim), r.data),
-        "MPI_Allgatherv (expert outputs)");
+  all_to_all_rows(layer, dim);
   r.stats.seconds += now_s() - t0;
   ++r.stats.calls;
   const uint64_t row_bytes = row * sizeof(float);
@@ -213,7 +278,7 @@ void exchange(const Model& m, int layer, const MoeRouting& route, int dim, float
 
   r.cursor = r.displs;
   for (int i = 0; i < P; ++i) {
-    const int q = route.expert[static_cast<size_t>(i)] / per;
+    const int q = owner[static_cast<size_t>(route.expert[static_cast<size_t>(i)])];
     const int at = r.cursor[static_cast<size_t>(q)]++;
     if (q != me)
       std::memcpy(y + static_cast<size_t>(i) * row, r.buf.data() + static_cast<size_t>(at) * row,
@@ -235,6 +300,10 @@ void run_test_hooks(int layer, int n_layers) {
 
 void install_runner(Model& m, ThreadPool& pool) {
   Model* raw = &m;
+  Runtime& r = rt();
+  r.owner.resize(static_cast<size_t>(m.config.n_experts));
+  for (int e = 0; e < m.config.n_experts; ++e)
+    r.owner[static_cast<size_t>(e)] = r.load.expert_owner(e, m.config.n_experts);
   m.experts = [raw, &pool](int layer, const float* x, int dim, const MoeRouting& route, float* y) {
     run_local_experts(raw->weights.layers[static_cast<size_t>(layer)], x, dim, route, y, pool);
     run_test_hooks(layer, raw->config.n_layers);
@@ -363,7 +432,7 @@ struct Follower {
   uint64_t uses = 0;
   static constexpr size_t kMaxMirrors = 3;  // rank 0 rarely has more than two caches alive
 
-  void open(const Header& h) {
+  void open(const Header& h, const std::vector<char>& payload) {
     Runtime& r = rt();
     model.reset();
     loaded.reset();
@@ -383,6 +452,13 @@ struct Follower {
       const std::string path = model_path_for_rank(opt.model, r.world.rank);
       LoadOptions lo{r.world.rank, r.world.size};
       lo.interleave = opt.interleave;
+      lo.owner.resize(payload.size() / sizeof(int32_t));
+      for (size_t e = 0; e < lo.owner.size(); ++e) {
+        int32_t v;
+        std::memcpy(&v, payload.data() + e * sizeof v, sizeof v);
+        lo.owner[e] = v;
+      }
+      r.load = lo;
       loaded = std::make_shared<LoadedModel>(load_model(path, lo));
       model = make_model(loaded, lo, *pool);
       model->skip_logits = true;
@@ -475,6 +551,7 @@ struct Follower {
     }
     ++r.stats.steps;
     r.layers_done = 0;
+    r.layer_t0 = now_s();
     forward(*model, kv, batch, *pool);
   }
 };
@@ -536,6 +613,23 @@ const World& init(int* argc, char*** argv) {
   // that is alone on its host one core for all its threads. Unless a binding was asked for
   // (--bind-to sets OMPI_MCA_hwloc_base_binding_policy), give each rank its share of the host.
   if (!std::getenv("OMPI_MCA_hwloc_base_binding_policy")) share_host_cpus(local_rank, r.world.local_size);
+  // Each rank's hostname, for the placement line and for naming a host that stops answering.
+  char name[MPI_MAX_PROCESSOR_NAME] = {};
+  int len = 0;
+  MPI_Get_processor_name(name, &len);
+  std::vector<char> names(static_cast<size_t>(r.world.size) * MPI_MAX_PROCESSOR_NAME);
+  MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, names.data(), MPI_MAX_PROCESSOR_NAME, MPI_CHAR,
+                MPI_COMM_WORLD);
+  for (int q = 0; q < r.world.size; ++q)
+    r.hosts.emplace_back(names.data() + static_cast<size_t>(q) * MPI_MAX_PROCESSOR_NAME);
+  if (const char* v = std::getenv("MIXTRAL_EP_TIMEOUT"); v && *v) {
+    char* end = nullptr;
+    const double t = std::strtod(v, &end);
+    if (!(end && *end == 0 && t > 0)) {
+      abort_job(std::string("MIXTRAL_EP_TIMEOUT must be a number of seconds > 0, not '") + v + "'");
+    }
+    r.timeout_s = t;
+  }
   r.timing = env_long("MIXTRAL_EP_TIMING", 0) != 0;
   r.check_routing = env_long("MIXTRAL_EP_CHECK", 0) != 0;
   r.test_rank = static_cast<int>(env_long("MIXTRAL_TEST_RANK", 1));
@@ -545,6 +639,11 @@ const World& init(int* argc, char*** argv) {
 }
 
 const World& world() { return rt().world; }
+
+std::string host_of(int rank) {
+  const Runtime& r = rt();
+  return rank >= 0 && rank < static_cast<int>(r.hosts.size()) ? r.hosts[static_cast<size_t>(rank)] : "";
+}
 
 std::string model_path_for_rank(const std::string& model, int rank) {
   const std::string var = "MIXTRAL_MODEL_RANK" + std::to_string(rank);
@@ -564,8 +663,16 @@ int default_threads() {
   return n;
 }
 
-void open_begin() {
-  send_msg(kOpen, {}, static_cast<int64_t>(simd_path()));
+void open_begin(const std::vector<int>& owner) {
+  Runtime& r = rt();
+  r.load = LoadOptions{r.world.rank, r.world.size};
+  r.load.owner = owner;
+  std::vector<char> p(owner.size() * sizeof(int32_t));
+  for (size_t e = 0; e < owner.size(); ++e) {
+    const int32_t v = owner[e];
+    std::memcpy(p.data() + e * sizeof v, &v, sizeof v);
+  }
+  send_msg(kOpen, p, static_cast<int64_t>(simd_path()));
 }
 
 void open_end(const Model* m, const std::string& local_error) {
@@ -591,9 +698,17 @@ void open_end(const Model* m, const std::string& local_error) {
     } else {
       continue;
     }
-    err += (err.empty() ? "" : "; ") + ("rank " + std::to_string(q) + ": " + why);
+    err += (err.empty() ? "" : "; ") + ("rank " + std::to_string(q) + " (host " + host_of(q) + "): " + why);
   }
   if (!err.empty()) fail(err);
+  // Which rank holds which experts, once at start (the default blocks or the placement file).
+  const int E = m->config.n_experts;
+  std::vector<int> owner(static_cast<size_t>(E));
+  for (int e = 0; e < E; ++e) owner[static_cast<size_t>(e)] = r.load.expert_owner(e, E);
+  std::string line = "placement:";
+  for (int q = 0; q < r.world.size; ++q)
+    line += (q ? "; rank " : " rank ") + std::to_string(q) + " (" + host_of(q) + "): experts " + experts_of(owner, q);
+  std::fprintf(stderr, "%s\n", line.c_str());
 }
 
 void attach_root(Model& m, ThreadPool& pool) {
@@ -624,6 +739,7 @@ void attach_root(Model& m, ThreadPool& pool) {
     ++r.stats.steps;
     r.layers_done = 0;
     r.step_open = m.config.n_layers > 0;
+    r.layer_t0 = now_s();
   };
 }
 
@@ -661,7 +777,7 @@ int follower_main(const FollowerOptions& o) {
     const Header h = recv_msg(&payload);
     switch (h.type) {
       case kOpen:
-        f.open(h);
+        f.open(h, payload);
         break;
       case kStep:
         r.stats.step_send_seconds += now_s() - t0;  // includes idle time; see CommStats

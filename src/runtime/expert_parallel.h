@@ -1,13 +1,15 @@
 // Expert parallelism over MPI: `mpirun -np N mixtral <command>` splits the experts over N ranks
 // and gives the same bits as one process (docs/distributed.md).
 //
-//   Rank r maps only experts [r*E/N, (r+1)*E/N); embeddings, attention, norms, routers and the
+//   Rank r maps only its experts (LoadOptions: contiguous blocks, 3 ranks of 8 get 3+3+2, or a
+//   --placement file); embeddings, attention, norms, routers and the
 //   LM head are replicated, and so is the KV cache (every rank runs attention for every token).
 //   Rank 0 runs the command: tokenization, scheduling, sampling and all I/O. Every forward() it
 //   makes first sends the step (cache identity, each chunk's slot, start and tokens) to the
 //   other ranks, which sit in follower_main() and run the same forward without the LM head.
-//   In each layer every rank runs its experts on the (token, j) pairs routed to them, then one
-//   MPI_Allgatherv gives every rank every expert output row; the combine then runs in a fixed
+//   In each layer every rank runs its experts on the (token, j) pairs routed to them, then every
+//   rank sends its rows to every other (point to point, so a peer that stops answering is named
+//   after MIXTRAL_EP_TIMEOUT seconds, default 5); the combine then runs in a fixed
 //   order on all ranks, so hidden states stay identical everywhere.
 //
 // Without mpirun nothing here touches MPI (no daemon is needed); under `mpirun -np 1` MPI is
@@ -44,10 +46,12 @@ int default_threads();
 
 // ---- rank 0 (called from cli/common.cc open_engine and cli/main.cc) ----
 
-// Tells the other ranks to load their experts; they load while rank 0 does.
-void open_begin();
+// Tells the other ranks to load their experts; they load while rank 0 does. `owner` (expert ->
+// rank, from --placement) is sent along; empty means LoadOptions' default blocks.
+void open_begin(const std::vector<int>& owner);
 // Collects every rank's outcome of loading. `local_error` is rank 0's ("" when it loaded `m`).
-// Throws mx::Error naming each failing rank and its cause ("rank 1: ...: no such file"), or a
+// On success prints the placement to stderr ("placement: rank 0 (host a): experts 0-2; ...").
+// Throws mx::Error naming each failing rank and its cause ("rank 1 (host b): ...: no such file"), or a
 // rank whose model differs from rank 0's. Every rank must reach it, so call it even on failure.
 void open_end(const Model* m, const std::string& local_error);
 // Replaces m.experts with the exchanging runner and sets m.before_step to broadcast each step.
@@ -72,6 +76,9 @@ struct FollowerOptions {
 // the exit code rank 0 sent. Fatal local errors (cannot run a step, out of memory) abort the job.
 int follower_main(const FollowerOptions& o);
 
+// The host rank `rank` runs on (its hostname), for messages; "" without MPI.
+std::string host_of(int rank);
+
 // Prints "rank R: cause" to stderr and ends the whole job (MPI_Abort) with `code`.
 [[noreturn]] void abort_job(const std::string& cause, int code = 1);
 
@@ -84,7 +91,7 @@ struct CommStats {
   uint64_t calls = 0;           // exchanges (one per layer per step)
   uint64_t bytes_sent = 0;      // this rank's expert rows × (N-1) receivers
   uint64_t bytes_received = 0;  // other ranks' expert rows
-  double seconds = 0;           // in MPI_Allgatherv
+  double seconds = 0;           // in the row exchange
   double wait_seconds = 0;      // in the timing barrier (MIXTRAL_EP_TIMING=1 only)
   uint64_t steps = 0;           // forward steps this rank took part in
   double step_send_seconds = 0; // rank 0: broadcasting step plans; others: waiting for them
