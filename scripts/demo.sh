@@ -14,7 +14,7 @@ read -r -a extra <<<"${DEMO_ARGS:-}"
 if [ -z "$model" ] && [ -f "$root/models/tale-mixtral/config.json" ]; then
   model=$root/models/tale-mixtral
   echo "demo: $model (trained on A Tale of Two Cities); set MIXTRAL_MODEL to run a real checkpoint" >&2
-  exec "$bin" demo --model "$model" --prompts "$root/demo/prompts-tale.json" "${extra[@]}"
+  exec "$bin" demo --model "$model" --prompts "$root/demo/prompts-tale.json" --context 512 --temperature 0.7 "${extra[@]}"
 fi
 if [ -z "$model" ]; then
   model=$root/tests/data/tiny-mixtral/hf
