@@ -11,6 +11,7 @@
 #include "model/forward.h"
 #include "runtime/perplexity.h"
 #include "runtime/scoring.h"
+#include "runtime/tokenizer.h"
 #include "test_util.h"
 
 namespace mx {
@@ -155,6 +156,25 @@ TEST(Perplexity, MismatchedBaseFilesAreRefused) {
   std::ofstream(dir + "/text.logp") << "hello, world; not logits at all";
   expect_error([&] { read_logits_header(dir + "/text.logp"); }, "bad magic");
   expect_error([&] { read_logits_header(dir + "/missing.logp"); }, "cannot open");
+}
+
+// The shipped trained model on its held-out text: the training script's PyTorch model in f32
+// scores the first 8 chunks at 327.7687 (tools/train/eval.py --chunks 8, see
+// models/tale-mixtral/README.md); ours must agree to 4 significant figures and more.
+TEST(Perplexity, TrainedModelMatchesThePyTorchReference) {
+  const std::string dir = std::string(MIXTRAL_SOURCE_DIR) + "/models/tale-mixtral";
+  ThreadPool pool(2);
+  auto lm = std::make_shared<LoadedModel>(load_model(dir));
+  const Tokenizer tok = Tokenizer::load(lm->tokenizer);
+  auto m = make_model(lm, {}, pool);
+  const std::vector<int> t = tok.encode(test::read_file(dir + "/heldout.txt"), true);
+  EXPECT_EQ(t.size(), 20843u);  // as sentencepiece in the training script
+  PerplexityOptions o;
+  o.max_chunks = 8;
+  const PerplexityResult r = run_perplexity(*m, t, tok.bos_id(), o, "heldout.txt", pool);
+  EXPECT_EQ(r.count, 2040u);
+  EXPECT_NEAR(r.ppl.mean, 327.7687, 0.002);
+  EXPECT_NEAR(r.ppl.err, 22.84099, 0.001);
 }
 
 TEST(PerplexityCli, RunsAndReportsBadInputClearly) {
