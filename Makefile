@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 MIXTRAL_MODEL ?=
 TINY := $(BUILD)/models/tiny
 
-.PHONY: deps build test demo clean fuzz fuzz-corpus test-sanitize
+.PHONY: deps build test demo clean fuzz fuzz-corpus test-sanitize train-deps train
 
 deps:
 	@bash scripts/install-deps.sh
@@ -18,8 +18,8 @@ build: deps $(BUILD)/CMakeCache.txt
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-# The default model is the tiny random one (the real tokenizer with random weights), so the
-# demo runs anywhere; set MIXTRAL_MODEL to a real checkpoint to use that instead.
+# The default model is models/tale-mixtral, a small Mixtral trained here on A Tale of Two
+# Cities (tools/train/); set MIXTRAL_MODEL to a real checkpoint to use that instead.
 demo: build
 	@bash scripts/demo.sh $(BUILD)/bin/mixtral "$(MIXTRAL_MODEL)"
 
@@ -68,3 +68,14 @@ test-sanitize: deps $(SAN_BUILD)/CMakeCache.txt
 
 clean:
 	rm -rf $(BUILD) $(FUZZ_BUILD) $(SAN_BUILD)
+
+# Training the default model (models/tale-mixtral) again: Debian's PyTorch, numpy and
+# sentencepiece, and OpenBLAS (Debian's torch otherwise runs its matmuls on the reference BLAS,
+# ~10x slower). Not part of `make test`. TRAIN_ARGS go to tools/train/train.py.
+TRAIN_OUT ?= models/tale-mixtral
+TRAIN_ARGS ?= --batch 4 --steps 150 --lr 3e-3 --warmup 10 --eval-every 30 --eval-chunks 4 --save-every 15
+train-deps:
+	apt-get install -y python3-torch python3-numpy python3-sentencepiece libopenblas0-pthread
+
+train: train-deps
+	nice -n 5 /usr/bin/python3 tools/train/train.py --out $(TRAIN_OUT) $(TRAIN_ARGS)

@@ -119,10 +119,12 @@ else
   echo "skip: no script(1) for the TTY check"
 fi
 
-# scripts/demo.sh: the tiny model and the general prompts by default, in well under 2 minutes.
+# scripts/demo.sh: the trained default model (models/tale-mixtral) and its Dickens prompts, in
+# well under 2 minutes.
 start=$(date +%s)
 if expect_ok demo-sh bash "$src/scripts/demo.sh" "$bin" ""; then
-  has demo-sh "demo: 32 users, context 4096, mode prefill, greedy, up to 128 new tokens"
+  has demo-sh "demo: 16 users, context 512, mode prefill, temperature 0.7, up to 128 new tokens"
+  has demo-sh "Madame Defarge sat knitting"
   [ $(($(date +%s) - start)) -lt 120 ] || fail "demo-sh: took $(($(date +%s) - start)) s"
 fi
 if DEMO_ARGS="-n 2 --batch 2" expect_ok demo-sh-model bash "$src/scripts/demo.sh" "$bin" "$src/tests/data/tiny-mixtral/mistral"; then

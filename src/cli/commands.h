@@ -20,6 +20,7 @@ Command add_repack(CLI::App& app);
 Command add_demo(CLI::App& app);
 Command add_bench(CLI::App& app);
 Command add_serve(CLI::App& app);
+Command add_perplexity(CLI::App& app);
 
 std::vector<Command> all_commands(CLI::App& app);
 

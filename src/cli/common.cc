@@ -1,5 +1,6 @@
 #include "cli/common.h"
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -19,6 +20,21 @@ std::vector<std::pair<const CLI::App*, EngineOptions*>>& engine_registry() {
 }
 }  // namespace
 
+std::string default_model_path() {
+  const std::string rel = "models/tale-mixtral";
+  std::vector<std::filesystem::path> tried;
+#ifdef MIXTRAL_SOURCE_DIR
+  tried.push_back(std::filesystem::path(MIXTRAL_SOURCE_DIR) / rel);
+#endif
+  // Relative to the binary (build/bin/mixtral), for a moved source tree with its build.
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) tried.push_back(exe.parent_path() / ".." / ".." / rel);
+  for (const auto& p : tried)
+    if (std::filesystem::is_regular_file(p / "config.json", ec)) return p.lexically_normal().string();
+  return "";
+}
+
 const EngineOptions* engine_options_of(const CLI::App* sub) {
   for (const auto& [app, o] : engine_registry())
     if (app == sub) return o;
@@ -28,7 +44,15 @@ const EngineOptions* engine_options_of(const CLI::App* sub) {
 void add_engine_options(CLI::App* app, EngineOptions& o, const std::string& default_kv) {
   engine_registry().push_back({app, &o});
   o.kv_dtype = default_kv;
-  app->add_option("--model,-m", o.model, "model folder or file (any supported layout)")->required();
+  // Without --model: the small Mixtral trained on A Tale of Two Cities, when it is found.
+  const std::string def = default_model_path();
+  auto* opt = app->add_option("--model,-m", o.model, "model folder or file (any supported layout)");
+  if (def.empty()) {
+    opt->required();
+  } else {
+    o.model = def;
+    opt->default_str(def);
+  }
   app->add_option("--threads,-t", o.threads, "worker threads (default: all cores)");
   app->add_option("--kv-dtype", o.kv_dtype, "KV cache storage: f32, f16 or bf16")
       ->default_str(default_kv);

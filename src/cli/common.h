@@ -23,6 +23,9 @@ struct EngineOptions {
   std::string placement;       // under mpirun: a file pinning experts to ranks (runtime/placement.h)
 };
 
+// models/tale-mixtral (the small Mixtral trained on A Tale of Two Cities, the default --model),
+// looked up in the source tree and next to the binary; empty when neither has it.
+std::string default_model_path();
 void add_engine_options(CLI::App* app, EngineOptions& o, const std::string& default_kv = "f16");
 // The options add_engine_options registered for `sub` (null when it takes no --model). Ranks
 // other than 0 read their --model and --threads from here instead of running the command.
