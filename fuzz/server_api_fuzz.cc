@@ -2,23 +2,12 @@
 // parse_chat_request (JSON limits, field checks, chat messages into tokens) with the Mistral
 // tokenizer and a 4096-token context. Refusals must be ApiError with status 400 whose JSON
 // error object serializes; an accepted request must hold vocabulary ids and fit the context.
-#include "formats/loaded_model.h"
-#include "fuzz_util.h"
-#include "runtime/tokenizer.h"
+#include "fuzz_tokenizer.h"
 #include "server/api.h"
 
 namespace {
 
 constexpr int kContext = 4096;
-
-const mx::Tokenizer& tokenizer() {
-  static const mx::Tokenizer tok = [] {
-    mx::TokenizerSource src;
-    src.model_path = mx::fuzz::test_data("tiny-mixtral/hf/tokenizer.model");
-    return mx::Tokenizer::load(src);
-  }();
-  return tok;
-}
 
 template <typename Parse>
 void check(Parse&& parse, const mx::Tokenizer& tok) {
@@ -42,7 +31,7 @@ void check(Parse&& parse, const mx::Tokenizer& tok) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const mx::Tokenizer& tok = tokenizer();
+  const mx::Tokenizer& tok = mx::fuzz::mistral_tokenizer();
   // Computed once, as the server does at start-up (it walks the whole vocabulary).
   static const size_t per_token = mx::server::max_bytes_per_token(tok);
   const std::string body(reinterpret_cast<const char*>(data), size);

@@ -4,26 +4,11 @@
 // must add up to decode() of the same ids (its documented contract).
 #include <cstring>
 
-#include "formats/loaded_model.h"
-#include "fuzz_util.h"
+#include "fuzz_tokenizer.h"
 #include "runtime/chat_format.h"
-#include "runtime/tokenizer.h"
-
-namespace {
-
-const mx::Tokenizer& tokenizer() {
-  static const mx::Tokenizer tok = [] {
-    mx::TokenizerSource src;
-    src.model_path = mx::fuzz::test_data("tiny-mixtral/hf/tokenizer.model");
-    return mx::Tokenizer::load(src);
-  }();
-  return tok;
-}
-
-}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const mx::Tokenizer& tok = tokenizer();
+  const mx::Tokenizer& tok = mx::fuzz::mistral_tokenizer();
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   mx::fuzz::expect_clean([&] {
     for (bool bos : {false, true}) {

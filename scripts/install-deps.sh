@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake pkg-config
       libsentencepiece-dev nlohmann-json3-dev libcpp-httplib-dev libcli11-dev
       libopenmpi-dev openmpi-bin libgtest-dev libgmock-dev libbenchmark-dev curl
+      # make test-sanitize: g++'s ASan and UBSan runtimes (gcc 12 pulls them in; named so a
+      # trimmed toolchain cannot miss them)
+      libasan8 libubsan1
       # make fuzz: clang 14, libclang_rt.fuzzer/asan/ubsan (libclang-rt-14-dev), llvm-symbolizer
       # for readable sanitizer stacks (llvm-14), python3 for fuzz/make_seeds.py
       clang-14 libclang-rt-14-dev llvm-14 python3)

@@ -15,11 +15,11 @@
 #include "kernels/thread_pool.h"
 #include "model/forward.h"
 #include "runtime/chat_format.h"
-#include "runtime/demo_limits.h"
-#include "runtime/demo_prompts.h"
-#include "runtime/demo_report.h"
-#include "runtime/demo_run.h"
-#include "runtime/demo_view.h"
+#include "demo/demo_limits.h"
+#include "demo/demo_prompts.h"
+#include "demo/demo_report.h"
+#include "demo/demo_run.h"
+#include "demo/demo_view.h"
 #include "test_util.h"
 
 namespace mx {

@@ -17,6 +17,7 @@
 #include "kernels/half.h"
 #include "kernels/quant_blocks.h"
 #include "test_util.h"
+#include "tiny_config.h"
 
 namespace fs = std::filesystem;
 
@@ -324,17 +325,7 @@ TEST(GgufLoader, TinyMixtralConfigAndTensors) {
     EXPECT_EQ(m.layout, "gguf");
     EXPECT_EQ(m.path, path);
     EXPECT_EQ(m.store.source, path);
-    EXPECT_EQ(c.dim, 64);
-    EXPECT_EQ(c.n_layers, 2);
-    EXPECT_EQ(c.n_heads, 4);
-    EXPECT_EQ(c.n_kv_heads, 2);
-    EXPECT_EQ(c.head_dim, 16);
-    EXPECT_EQ(c.ffn_dim, 128);
-    EXPECT_EQ(c.n_experts, 8);
-    EXPECT_EQ(c.top_k, 2);
-    EXPECT_EQ(c.vocab, 32000);
-    EXPECT_EQ(c.rope_theta, 1e6f);
-    EXPECT_FLOAT_EQ(c.norm_eps, 1e-5f);
+    test::expect_tiny_dims(c);
     EXPECT_EQ(c.max_seq_len, 32768);
     EXPECT_EQ(c.sliding_window, 0);
     EXPECT_TRUE(c.rope_interleaved);

@@ -17,6 +17,7 @@
 #include "model/forward.h"
 #include "runtime/scoring.h"
 #include "test_util.h"
+#include "tiny_config.h"
 
 namespace fs = std::filesystem;
 
@@ -127,15 +128,7 @@ TEST(MakeTiny, TinyPresetLoadsWithTheRightShapes) {
   const LoadedModel m = load_model(dir);
   EXPECT_EQ(m.layout, "hf");
   const ModelConfig& c = m.config;
-  EXPECT_EQ(c.dim, 64);
-  EXPECT_EQ(c.n_layers, 2);
-  EXPECT_EQ(c.n_heads, 4);
-  EXPECT_EQ(c.n_kv_heads, 2);
-  EXPECT_EQ(c.head_dim, 16);
-  EXPECT_EQ(c.ffn_dim, 128);
-  EXPECT_EQ(c.n_experts, 8);
-  EXPECT_EQ(c.top_k, 2);
-  EXPECT_EQ(c.vocab, 32000);
+  test::expect_tiny_dims(c);
   EXPECT_FALSE(c.rope_interleaved);
   EXPECT_EQ(m.tokenizer.model_path, dir + "/tokenizer.model");
   EXPECT_EQ(m.store.get("layers.1.experts.7.w2").shape, (std::vector<int64_t>{64, 128}));

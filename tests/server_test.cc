@@ -242,9 +242,9 @@ TEST(Server, ConcurrentRequestsEqualSoloResults) {
   }
   std::vector<Reply> together(reqs.size());
   std::vector<std::string> streamed(reqs.size());
-  std::vector<std::thread> threads;
+  test::ClientThreads threads;
   for (size_t i = 0; i < reqs.size(); ++i)
-    threads.emplace_back([&, i] {
+    threads.spawn([&, i] {
       if (i % 2 == 0) {
         together[i] = post(s.port(), path(i), reqs[i]);
       } else {
@@ -253,7 +253,7 @@ TEST(Server, ConcurrentRequestsEqualSoloResults) {
         streamed[i] = stream_text(post_stream(s.port(), path(i), r), r.contains("messages"));
       }
     });
-  for (auto& t : threads) t.join();
+  threads.join();
   for (size_t i = 0; i < reqs.size(); ++i) {
     if (i % 2 == 0) {
       ASSERT_EQ(together[i].status, 200) << i;
@@ -381,16 +381,16 @@ TEST(Server, SameResultsAfterSchedulerRenewal) {
   const Reply before = post(s.port(), "/v1/completions", completion(kPrompts[4], 12));
   ASSERT_EQ(before.status, 200);
   std::atomic<int> ok{0};
-  std::vector<std::thread> threads;
+  test::ClientThreads threads;
   for (int t = 0; t < 4; ++t)
-    threads.emplace_back([&] {
+    threads.spawn([&] {
       auto c = client(s.port());
       for (int i = 0; i < 260; ++i) {
         auto r = c->Post("/v1/completions", completion("Hi", 1).dump(), "application/json");
         if (r && r->status == 200) ++ok;
       }
     });
-  for (auto& t : threads) t.join();
+  threads.join();
   EXPECT_EQ(ok, 1040);
   const Reply after = post(s.port(), "/v1/completions", completion(kPrompts[4], 12));
   ASSERT_EQ(after.status, 200);
@@ -447,7 +447,8 @@ TEST(Server, ClientLeavingMidStreamFreesItsSlot) {
 TEST(Server, SigtermEndsRunningRequestsAndExitsZero) {
   ServerProcess s("--max-users 2");
   std::vector<std::string> events;
-  std::thread t([&] {
+  test::ClientThreads t;
+  t.spawn([&] {
     events = post_stream(s.port(), "/v1/completions", json{{"prompt", "Once upon a time"}, {"max_tokens", 30000}, {"stream", true}});
   });
   const auto t0 = Clock::now();

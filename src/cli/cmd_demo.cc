@@ -11,11 +11,11 @@
 #include "cli/common.h"
 #include "formats/error.h"
 #include "kernels/dtype.h"
-#include "runtime/demo_limits.h"
-#include "runtime/demo_prompts.h"
-#include "runtime/demo_report.h"
-#include "runtime/demo_run.h"
-#include "runtime/demo_view.h"
+#include "demo/demo_limits.h"
+#include "demo/demo_prompts.h"
+#include "demo/demo_report.h"
+#include "demo/demo_run.h"
+#include "demo/demo_view.h"
 #include "runtime/tokenizer.h"
 
 namespace mx::cli {

@@ -13,8 +13,8 @@
 #include "kernels/matmul.h"
 #include "kernels/thread_pool.h"
 #include "model/forward.h"
-#include "runtime/demo_limits.h"
 #include "runtime/expert_parallel.h"
+#include "runtime/memory_info.h"
 #include "runtime/sampling.h"
 
 namespace mx {

@@ -126,6 +126,14 @@ void EngineLoop::count_end(Job& job, bool cancelled) {
   if (cancelled) ++stats_.cancelled;
 }
 
+void EngineLoop::publish_queue() {
+  int in_slots = 0;
+  for (const auto& [id, job] : jobs_) in_slots += sched_->user(id).slot >= 0 ? 1 : 0;
+  std::lock_guard lk(m_);
+  stats_.running = in_slots;
+  stats_.waiting = static_cast<int>(jobs_.size()) - in_slots;
+}
+
 int EngineLoop::admit(std::vector<std::shared_ptr<Job>>& in) {
   int refused = 0;
   for (auto& job : in) {
@@ -175,6 +183,8 @@ void EngineLoop::run() {
     std::vector<std::pair<std::shared_ptr<Job>, bool>> cancels(cancels_.begin(), cancels_.end());
     incoming_.clear();
     cancels_.clear();
+    // Handed over: out of incoming_ (which stats() adds), so waiting until publish_queue().
+    stats_.waiting += static_cast<int>(in.size());
     lk.unlock();
 
     admit(in);
@@ -186,6 +196,8 @@ void EngineLoop::run() {
       job->end(FinishReason::Cancelled);
       jobs_.erase(it);
     }
+    // Admitted and cancelled requests are counted before the step, which may take long.
+    publish_queue();
     if (sched_->busy()) {
       try {
         const StepStats st = sched_->step(
@@ -229,17 +241,13 @@ void EngineLoop::run() {
     }
     const size_t kv_bytes = kv_bytes_ ? kv_bytes_() : 0;
     const PrefixCacheStats ps = sched_->prefix_stats();
-
-    int in_slots = 0;
-    for (const auto& [id, job] : jobs_) in_slots += sched_->user(id).slot >= 0 ? 1 : 0;
+    publish_queue();
     lk.lock();
     stats_.counters.kv_bytes = kv_bytes;
     stats_.counters.prompt_tokens = ps.prompt_tokens;
     stats_.counters.reused_tokens = ps.reused_tokens;
     stats_.counters.prefix_requests = ps.requests;
     stats_.counters.prefix_hits = ps.hits;
-    stats_.running = in_slots;
-    stats_.waiting = static_cast<int>(jobs_.size()) - in_slots;
   }
   lk.unlock();
   end_all("the server is shutting down", 503);

@@ -94,6 +94,8 @@ class EngineLoop {
   void run();
   int admit(std::vector<std::shared_ptr<Job>>& in);  // returns how many were refused
   void end_all(const std::string& error, int status);
+  // Sets stats_.running / waiting from the requests the engine holds (engine thread, unlocked).
+  void publish_queue();
   // Counts a request as completed (and cancelled) before its reply goes out, so /health never
   // lags a response the client already has; once per job.
   void count_end(Job& job, bool cancelled = false);

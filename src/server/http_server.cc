@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <thread>
 
 #include "formats/error.h"
@@ -135,12 +136,18 @@ bool all_ended(const std::vector<Choice>& cs) {
   return true;
 }
 
-// Counts the generation requests a handler holds (parsing, queued, running, streaming).
+// Counts the generation requests a handler holds (parsing, queued, running, streaming): one per
+// request, shared by the handler and its stream provider, which outlives the handler.
+// `place` is this request's count including itself, taken atomically when it arrived.
 struct Admission {
   std::atomic<int>& n;
-  explicit Admission(std::atomic<int>& count) : n(count) { ++n; }
+  const int place;
+  explicit Admission(std::atomic<int>& count) : n(count), place(++count) {}
   ~Admission() { --n; }
+  Admission(const Admission&) = delete;
+  Admission& operator=(const Admission&) = delete;
 };
+using AdmissionPtr = std::shared_ptr<Admission>;
 
 }  // namespace
 
@@ -175,8 +182,8 @@ struct HttpServer::Impl {
 
   void generate(const httplib::Request& req, httplib::Response& res, bool chat) {
     // Bounded before any work: a request over the queue bound costs nothing but this reply.
-    Admission held(generating);
-    if (held.n > opt.max_users + opt.max_queue) {
+    auto held = std::make_shared<Admission>(generating);
+    if (held->place > opt.max_users + opt.max_queue) {
       ApiError e(429, "the server has " + std::to_string(opt.max_users) + " requests generating and " +
                           std::to_string(opt.max_queue) + " waiting; retry later",
                  "", "requests");
@@ -224,7 +231,7 @@ struct HttpServer::Impl {
         auto h = std::make_shared<RequestHook>(std::move(hi), g.prompt);
         hooks.push_back(h->active() ? h : nullptr);
       }
-      generate_choices(res, std::move(r), std::make_shared<GenerationRequest>(std::move(g)), chat, hooks);
+      generate_choices(res, std::move(r), std::make_shared<GenerationRequest>(std::move(g)), chat, hooks, held);
       return;
     }
     auto hook = std::make_shared<RequestHook>(std::move(ho), g.prompt);
@@ -236,7 +243,7 @@ struct HttpServer::Impl {
     auto gp = std::make_shared<GenerationRequest>(std::move(g));
     auto cs = std::make_shared<ChoiceStream>(tok, vocab.texts, *gp, hook);
     if (gp->stream) {
-      stream(res, job, m, gp, cs, prompt_tokens);
+      stream(res, job, m, gp, cs, prompt_tokens, std::move(held));
       return;
     }
     std::string text;
@@ -271,13 +278,14 @@ struct HttpServer::Impl {
   // Server-sent events: one chunk per piece of text, a last chunk with finish_reason, then
   // [DONE]. A write that fails means the client left: the request is cancelled.
   void stream(httplib::Response& res, std::shared_ptr<Job> job, const ResponseMeta& m,
-              std::shared_ptr<GenerationRequest> g, std::shared_ptr<ChoiceStream> ts, int prompt_tokens) {
+              std::shared_ptr<GenerationRequest> g, std::shared_ptr<ChoiceStream> ts, int prompt_tokens,
+              AdmissionPtr held) {
     const bool include_usage = g->include_usage;
     EngineLoop* eng = &engine;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
-    // The provider runs after the handler returns, so it holds the admission itself.
-    auto held = std::make_shared<Admission>(generating);
+    // The provider runs after the handler returns, so it keeps the request's admission (one
+    // count: a second one here would count the request twice until the handler returns).
     res.set_chunked_content_provider(
         "text/event-stream",
         [eng, job, g, ts, m, include_usage, prompt_tokens, held](size_t, httplib::DataSink& sink) {
@@ -335,7 +343,7 @@ struct HttpServer::Impl {
 
   // n > 1: the choices share the prompt's KV (engine.submit_choices), each with its own hook.
   void generate_choices(httplib::Response& res, Request r, std::shared_ptr<GenerationRequest> g, bool chat,
-                        const std::vector<std::shared_ptr<RequestHook>>& hooks) {
+                        const std::vector<std::shared_ptr<RequestHook>>& hooks, AdmissionPtr held) {
     std::vector<std::shared_ptr<TokenHook>> job_hooks(hooks.begin(), hooks.end());
     auto choices = std::make_shared<std::vector<Choice>>();
     const auto jobs = engine.submit_choices(std::move(r), g->n, job_hooks);
@@ -344,7 +352,7 @@ struct HttpServer::Impl {
     const ResponseMeta m = meta(chat);
     const int prompt_tokens = static_cast<int>(g->prompt.size());
     if (g->stream) {
-      stream_choices(res, choices, m, g, prompt_tokens);
+      stream_choices(res, choices, m, g, prompt_tokens, std::move(held));
       return;
     }
     std::vector<std::string> texts(choices->size());
@@ -395,13 +403,12 @@ struct HttpServer::Impl {
   // per choice with finish_reason, then [DONE]. A write that fails means the client left: the
   // request is cancelled.
   void stream_choices(httplib::Response& res, std::shared_ptr<std::vector<Choice>> choices, const ResponseMeta& m,
-                      std::shared_ptr<GenerationRequest> g, int prompt_tokens) {
+                      std::shared_ptr<GenerationRequest> g, int prompt_tokens, AdmissionPtr held) {
     const bool include_usage = g->include_usage;
     EngineLoop* eng = &engine;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
-    // The provider runs after the handler returns, so it holds the admission itself.
-    auto held = std::make_shared<Admission>(generating);
+    // The provider runs after the handler returns, so it keeps the request's admission.
     auto cancel_all = [eng, choices] {
       for (Choice& c : *choices) eng->cancel(c.job);
     };

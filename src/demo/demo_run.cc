@@ -1,9 +1,9 @@
-#include "runtime/demo_run.h"
+#include "demo/demo_run.h"
 
 #include <algorithm>
 
 #include "formats/error.h"
-#include "runtime/demo_limits.h"
+#include "demo/demo_limits.h"
 
 namespace mx {
 

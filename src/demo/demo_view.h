@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <string>
 
-#include "runtime/demo_run.h"
+#include "demo/demo_run.h"
 
 namespace mx {
 

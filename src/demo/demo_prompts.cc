@@ -1,4 +1,4 @@
-#include "runtime/demo_prompts.h"
+#include "demo/demo_prompts.h"
 
 #include <algorithm>
 #include <fstream>

@@ -1,4 +1,4 @@
-#include "runtime/demo_view.h"
+#include "demo/demo_view.h"
 
 #include <sys/ioctl.h>
 #include <unistd.h>

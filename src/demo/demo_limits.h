@@ -7,6 +7,7 @@
 
 #include "formats/model_config.h"
 #include "formats/tensor_store.h"
+#include "runtime/memory_info.h"
 
 namespace mx {
 
@@ -48,15 +49,10 @@ struct MemoryPlan {
   MemoryNeed need(int batch, int context) const;
 };
 
-// RAM available to the demo: MIXTRAL_DEMO_MEM_LIMIT_MB when set (for tests and to leave room
-// for other work), else MemAvailable from /proc/meminfo. `source` says which it was.
-uint64_t available_memory_bytes(std::string* source);
-
 // Throws mx::Error showing the numbers and what would fit (a smaller batch at this context,
-// or a smaller context for this batch) when plan.need(batch, context) exceeds `available`.
+// or a smaller context for this batch) when plan.need(batch, context) exceeds `available`
+// (available_memory_bytes, runtime/memory_info.h).
 void check_memory(const MemoryPlan& plan, int batch, int context, uint64_t available,
                   const std::string& source);
-
-std::string format_bytes(uint64_t n);  // "1.5 GiB", "12.0 MiB", "512 B"
 
 }  // namespace mx

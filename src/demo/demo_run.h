@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/demo_prompts.h"
+#include "demo/demo_prompts.h"
 #include "runtime/sampling.h"
 #include "runtime/scheduler.h"
 #include "runtime/tokenizer.h"

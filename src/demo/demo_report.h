@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "runtime/demo_limits.h"
-#include "runtime/demo_prompts.h"
-#include "runtime/demo_run.h"
+#include "demo/demo_limits.h"
+#include "demo/demo_prompts.h"
+#include "demo/demo_run.h"
 
 namespace mx {
 

@@ -1,4 +1,4 @@
-#include "runtime/demo_report.h"
+#include "demo/demo_report.h"
 
 #include <algorithm>
 #include <cstdio>
