@@ -16,42 +16,21 @@
 #include "kernels/half.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
+#include "kernel_test_util.h"
 #include "kernels/thread_pool.h"
 #include "model/attention.h"
 
 namespace mx {
 namespace {
 
+using test::all_paths;
+using test::get;
+using test::put;
+
 struct PathGuard {
   SimdPath saved = simd_path();
   ~PathGuard() { set_simd_path(saved); }
 };
-
-std::vector<SimdPath> all_paths() {
-  std::vector<SimdPath> v{SimdPath::Scalar};
-  for (SimdPath p : {SimdPath::Avx2, SimdPath::Avx512})
-    if (cpu_supports(p)) v.push_back(p);
-  return v;
-}
-
-void put(DType dt, float v, uint8_t* dst) {
-  if (dt == DType::F32) {
-    std::memcpy(dst, &v, 4);
-  } else {
-    const uint16_t h = dt == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
-    std::memcpy(dst, &h, 2);
-  }
-}
-float get(DType dt, const uint8_t* src) {
-  if (dt == DType::F32) {
-    float v;
-    std::memcpy(&v, src, 4);
-    return v;
-  }
-  uint16_t h;
-  std::memcpy(&h, src, 2);
-  return dt == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
-}
 
 struct Rows {
   DType dt;
