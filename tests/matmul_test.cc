@@ -434,7 +434,8 @@ TEST(Matmul, Q4R16MatchesQ4_0AndItsGemv) {
 // The interleaved k-quants have one kernel per path with the same exact integer sums and the
 // same float steps (matmul_kr16_*.cc, rows_kr16 in matmul_scalar.cc): AVX-512, AVX2 and scalar
 // agree bit for bit, on every token count (the AVX-512 token tiles and their ragged tails),
-// whole rows split over threads and matmul_multi. Against the row-major k-quant kernels (same
+// (and from MX_KR16_PRE tokens on, planes unpacked once per group), whole rows split over
+// threads and matmul_multi. Against the row-major k-quant kernels (same
 // Q8_K activations, other float order) they stay within the SIMD tolerance.
 TEST(Matmul, KR16AllPathsBitIdenticalAndMatchBase) {
   PathGuard guard;
@@ -445,7 +446,7 @@ TEST(Matmul, KR16AllPathsBitIdenticalAndMatchBase) {
       const auto w = random_weights(r16_base(t), rows, cols, rng);
       const auto wi = interleaved(t, w, rows, cols);
       const MatView v = view(r16_base(t), w, rows, cols), vi = view(t, wi, rows, cols);
-      for (int64_t n : {1, 2, 4, 5, 7, 9, 17}) {
+      for (int64_t n : {1, 2, 4, 5, 7, 9, 17, 19, 31}) {
         const auto x = random_acts(n, cols, rng);
         const Ref ref = reference(v, x, n);
         const auto scalar = run(SimdPath::Scalar, vi, x, n, p2);
@@ -647,6 +648,30 @@ TEST(ThreadPool, RunsEveryIndexOnceAcrossSpinAndSleep) {
       if (b >= 0 && e < 103) {
         EXPECT_EQ(0, (e - b) % 8);
       }
+    }
+  }
+}
+
+// Chunks on demand: every index exactly once, each range one whole chunk (the last may be
+// short), whatever the timing; mixed with static jobs on the same pool.
+TEST(ThreadPool, ChunksOnDemandCoverEveryIndexOnce) {
+  for (int threads : {1, 2, 3, 4}) {
+    ThreadPool pool(threads);
+    for (int round = 0; round < 600; ++round) {
+      const int64_t n = 1 + (round * 37) % 1009, chunk = 1 + round % 64;
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      std::atomic<int> bad{0};
+      pool.parallel_chunks(n, [&](int64_t b, int64_t e, int idx) {
+        if (idx < 0 || idx >= threads || b % chunk != 0 || (e - b != chunk && e != n)) bad.fetch_add(1);
+        for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
+        if (round % 7 == 0 && idx == 1) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }, chunk);
+      ASSERT_EQ(bad.load(), 0) << "threads " << threads << " round " << round;
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "index " << i;
+      std::atomic<int64_t> sum{0};
+      pool.parallel_for(n, [&](int64_t b, int64_t e, int) { sum.fetch_add(e - b); }, 3);
+      ASSERT_EQ(sum.load(), n);
+      if (round % 200 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
   }
 }

@@ -118,6 +118,9 @@ void rows_r16_via_base(mmk::RowsFn rows, const MatView& w, const mmk::Prepared& 
   }
 }
 
+// Token count from which rows are scheduled in chunks on demand (run_shared).
+constexpr int64_t kDynamicTokens = 16;
+
 // Matrices sharing dtype and cols, all multiplied with the same x: activations are prepared
 // once, then the concatenated rows are split across the pool in one parallel region.
 void run_shared(const MatView* ws, float* const* ys, int n, const float* x, int64_t n_tokens,
@@ -152,22 +155,27 @@ void run_shared(const MatView* ws, float* const* ys, int n, const float* x, int6
   // Grain: enough rows that a thread's share is worth waking it for; multiples of 16 keep the
   // 4-row and 16-row microkernels full.
   const int64_t grain = 16;
-  if (n == 1) {
-    pool.parallel_for(w0.rows, [&](int64_t b, int64_t e, int) {
-      run_rows(w0, b, e, ys[0]);
-    }, grain);
-    return;
-  }
   int64_t total = 0;
   for (int m = 0; m < n; ++m) total += ws[m].rows;
-  pool.parallel_for(total, [&](int64_t b, int64_t e, int) {
+  const auto run_range = [&](int64_t b, int64_t e, int) {
     int64_t off = 0;
     for (int m = 0; m < n && off < e; off += ws[m].rows, ++m) {
       const int64_t lo = b > off ? b - off : 0;
       const int64_t hi = e - off < ws[m].rows ? e - off : ws[m].rows;
       if (lo < hi) run_rows(ws[m], lo, hi, ys[m]);
     }
-  }, grain);
+  };
+  // Prefill: rows are handed out in chunks on demand, ~8 per thread, so a core that runs
+  // slower (the VM's cores do, by 10% and more at times) does less instead of making the
+  // other wait at the end. Decode keeps one contiguous range per thread: one sequential
+  // stream each, and no chunk bookkeeping per step. Rows are independent: same results.
+  if (n_tokens >= kDynamicTokens && pool.size() > 1) {
+    int64_t chunk = total / (8 * static_cast<int64_t>(pool.size()));
+    chunk = chunk < 64 ? 64 : chunk / 64 * 64;
+    pool.parallel_chunks(total, run_range, chunk);
+    return;
+  }
+  pool.parallel_for(total, run_range, grain);
 }
 
 }  // namespace

@@ -131,13 +131,16 @@ void fill_plain_512(const float* x, int64_t cols, float* dst, int64_t stride) {
 #define MX_Q8T_L2 (384 * 1024)
 #endif
 // q8_0r16 calls with at most this many tokens stream 16-row groups with all tokens at once;
-// more go through the 32-row x 4-token tiles over L1-resident K chunks (A/B at 14336 x 4096,
-// 2 threads: 16 tokens 760-800 -> 790-870 GOPS that way; 8 tokens no better).
+// more go through the 32-row x 4-token tiles over K chunks of MX_Q8R_KC blocks (A/B at
+// 14336 x 4096, 2 threads: 16 tokens 760-800 -> 790-870 GOPS that way; 8 tokens no better).
+// A chunk of 128 blocks (32 rows x 4096: 136 KB of weights, L2-resident, plus 128 tokens'
+// 512 KB of activations) beat 32 (L1-resident weights, but each tile's partial sums stored and
+// reloaded 4x as often): Q8_0 prefill 512, same machine alternating, 515/560 -> 578/586 tok/s.
 #ifndef MX_Q8R_DIRECT
 #define MX_Q8R_DIRECT 8
 #endif
 #ifndef MX_Q8R_KC
-#define MX_Q8R_KC 32
+#define MX_Q8R_KC 128
 #endif
 
 // ---------------------------------------------------------------- Q8_0, rows in lanes (VNNI)
@@ -576,9 +579,11 @@ struct Q8T {
                                        r, 16, t, y, ldy);
       return;
     }
-    // 32-row pairs in K chunks of MX_Q8R_KC blocks (~35 KB of weights: they stay in L1 while
-    // every token tile passes; only the small activation chunks come from L2). The first tile
-    // of a chunk brings it in from memory, with prefetch.
+    // 32-row pairs in K chunks of MX_Q8R_KC blocks (136 KB of weights: they stay in L2 while
+    // every token tile passes, with the tokens' activation chunks). The first tile of a chunk
+    // brings it in from memory, with prefetch. (Prefetching the next chunk into L2 during the
+    // tiles, as rows_kr16 does with its smaller groups, measured slower here: 2 chunks of
+    // 136 KB plus 512 KB of activations crowd the 1 MB L2.)
     const int64_t kc = MX_Q8R_KC;
     int64_t r = r0;
     for (; r + 32 <= r1; r += 32)

@@ -21,6 +21,10 @@
 #ifndef MX_KR16_NT
 #define MX_KR16_NT 6
 #endif
+// Token count from which a group's planes are unpacked once for all tiles (rows()).
+#ifndef MX_KR16_PRE
+#define MX_KR16_PRE 18
+#endif
 
 namespace mx::mmk {
 namespace {
@@ -36,9 +40,54 @@ struct KR16 {
   static constexpr int kChunk = kSix ? 3360 : kFive ? 2816 : 2304;
 
   // Q4_K / Q5_K super-block at ch: isum[j] = sum_s sc_s * S_s, imin[j] = sum_s m_s * bsum32_s.
-  template <int NT>
-  __attribute__((always_inline)) static void sb_q45(const uint8_t* ch, const int8_t* const* xq, const int16_t* const* bs,
-                     int64_t b, __m512i* isum_out, __m512i* imin_out) {
+  // Plane v (0..7) of sub-block s of a Q4_K / Q5_K super-block at ch (quants at q) as bytes.
+  __attribute__((always_inline)) static __m512i plane_q45(const uint8_t* ch, const uint8_t* q, int s, int v, __m512i m4) {
+    const __m512i raw = ld(q + 64 * v);
+    __m512i w = _mm512_and_si512((s & 1) ? _mm512_srli_epi16(raw, 4) : raw, m4);
+    if constexpr (kFive) {
+      const __mmask64 hb = _cvtu64_mask64(ld64(ch + 2304 + 64 * s + 8 * v));
+      w = _mm512_mask_add_epi8(w, hb, w, _mm512_set1_epi8(16));
+    }
+    return w;
+  }
+  // Plane v (0..7) of 32-value part c (0..3) of half n (0..1) of a Q6_K super-block, + 32.
+  __attribute__((always_inline)) static __m512i plane_q6(const uint8_t* ch, int n, int c, int v) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    const uint8_t* half = ch + 1536 * n;
+    const __m512i raw = ld(half + 512 * (c & 1) + 64 * v), H = ld(half + 1024 + 64 * v);
+    const __m512i nib = _mm512_and_si512(c >= 2 ? _mm512_srli_epi16(raw, 4) : raw, m4);
+    // Bits 2c, 2c+1 of each qh byte to bits 4, 5 (the mask drops what crosses bytes).
+    const __m512i hb = c == 0 ? _mm512_slli_epi16(H, 4) : c == 1 ? _mm512_slli_epi16(H, 2)
+                       : c == 2 ? H : _mm512_srli_epi16(H, 2);
+    return _mm512_ternarylogic_epi32(nib, hb, m30, 0xF8);  // nib | (hb & m30)
+  }
+  // A group's weight planes unpacked to bytes, kPlanes bytes a super-block in the order the
+  // sb_* functions read them: with many token tiles the unpack is then done once per group
+  // instead of once per tile, and each tile's inner loop is loads and vpdpbusd only.
+  static constexpr int kPlanes = 4096;
+  static void unpack_group(const uint8_t* grp, int64_t nsb, uint8_t* dst) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int64_t b = 0; b < nsb; ++b) {
+      const uint8_t* ch = grp + b * kChunk;
+      uint8_t* d = dst + b * kPlanes;
+      if constexpr (kSix) {
+        MX_UNROLL for (int n = 0; n < 2; ++n)
+          MX_UNROLL for (int c = 0; c < 4; ++c)
+            MX_UNROLL for (int v = 0; v < 8; ++v)
+              _mm512_store_si512(d + 64 * (32 * n + 8 * c + v), plane_q6(ch, n, c, v));
+      } else {
+#pragma GCC unroll 1
+        for (int s = 0; s < 8; ++s)
+          MX_UNROLL for (int v = 0; v < 8; ++v)
+            _mm512_store_si512(d + 64 * (8 * s + v), plane_q45(ch, ch + 512 * (s / 2), s, v, m4));
+      }
+    }
+  }
+
+  // Planes of one super-block already unpacked to bytes (unpack_group), or null: unpack here.
+  template <int NT, bool kPre>
+  __attribute__((always_inline)) static void sb_q45(const uint8_t* ch, const uint8_t* pre, const int8_t* const* xq,
+                     const int16_t* const* bs, int64_t b, __m512i* isum_out, __m512i* imin_out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), k3f = _mm512_set1_epi32(0x3f3f3f3f);
     const __m512i k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
     const __m512i A = ld(ch + 2112), B = ld(ch + 2176), C = ld(ch + 2240);
@@ -68,11 +117,10 @@ struct KR16 {
         MX_UNROLL for (int hv = 0; hv < 2; ++hv) {
           __m512i W[4];
           MX_UNROLL for (int v = 0; v < 4; ++v) {
-            const __m512i raw = ld(q + 64 * (4 * hv + v));
-            W[v] = _mm512_and_si512(h ? _mm512_srli_epi16(raw, 4) : raw, m4);
-            if constexpr (kFive) {
-              const __mmask64 hb = _cvtu64_mask64(ld64(ch + 2304 + 64 * s + 8 * (4 * hv + v)));
-              W[v] = _mm512_mask_add_epi8(W[v], hb, W[v], _mm512_set1_epi8(16));
+            if constexpr (kPre) {
+              W[v] = ld(pre + 64 * (8 * s + 4 * hv + v));
+            } else {
+              W[v] = plane_q45(ch, q, s, 4 * hv + v, m4);
             }
           }
           MX_UNROLL for (int v = 0; v < 4; ++v)
@@ -98,10 +146,9 @@ struct KR16 {
   }
 
   // Q6_K super-block at ch: isum[j] = sum_s sc_s * (S_s - 32 * bsum16_s) (weights stored + 32).
-  template <int NT>
-  static void sb_q6(const uint8_t* ch, const int8_t* const* xq, const int16_t* const* bs,
-                    int64_t b, __m512i* isum) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  template <int NT, bool kPre>
+  static void sb_q6(const uint8_t* ch, const uint8_t* pre, const int8_t* const* xq,
+                    const int16_t* const* bs, int64_t b, __m512i* isum) {
     __m512i corr[NT];
     MX_UNROLL for (int j = 0; j < NT; ++j) corr[j] = _mm512_setzero_si512();
     MX_UNROLL for (int i = 0; i < 8; ++i) {  // scale pairs (sc_2i, sc_2i+1) as int16 per lane
@@ -115,16 +162,9 @@ struct KR16 {
         const __m512i sp = _mm512_cvtepi8_epi16(
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 3072 + 32 * (4 * n + c))));
         const __m512i sc_e = _mm512_srai_epi32(_mm512_slli_epi32(sp, 16), 16), sc_o = _mm512_srai_epi32(sp, 16);
-        const uint8_t* half = ch + 1536 * n;
         __m512i W[8];
-        MX_UNROLL for (int v = 0; v < 8; ++v) {
-          const __m512i raw = ld(half + 512 * (c & 1) + 64 * v), H = ld(half + 1024 + 64 * v);
-          const __m512i nib = _mm512_and_si512(c >= 2 ? _mm512_srli_epi16(raw, 4) : raw, m4);
-          // Bits 2c, 2c+1 of each qh byte to bits 4, 5 (the mask drops what crosses bytes).
-          const __m512i hb = c == 0 ? _mm512_slli_epi16(H, 4) : c == 1 ? _mm512_slli_epi16(H, 2)
-                             : c == 2 ? H : _mm512_srli_epi16(H, 2);
-          W[v] = _mm512_ternarylogic_epi32(nib, hb, m30, 0xF8);  // nib | (hb & m30)
-        }
+        MX_UNROLL for (int v = 0; v < 8; ++v)
+          W[v] = kPre ? ld(pre + 64 * (32 * n + 8 * c + v)) : plane_q6(ch, n, c, v);
         MX_UNROLL for (int j = 0; j < NT; ++j) {
           const int8_t* x = xq[j] + 256 * b + 128 * n + 32 * c;
           __m512i S0 = _mm512_setzero_si512(), S1 = _mm512_setzero_si512();
@@ -137,9 +177,10 @@ struct KR16 {
   }
 
   // Tokens [t, t + NT) x the 16 rows of the group at grp; y points at the group's first row.
-  template <int NT, bool kPf>
+  // pre: the group's planes from unpack_group, or null (kPre false).
+  template <int NT, bool kPf, bool kPre = false>
   static void group(const uint8_t* grp, int64_t nsb, const Prepared& p, int64_t t, float* y,
-                    int64_t ldy) {
+                    int64_t ldy, const uint8_t* pre = nullptr) {
     const int8_t* xq[NT];
     const float* xd[NT];
     const int16_t* bs[NT];
@@ -157,11 +198,11 @@ struct KR16 {
       const uint8_t* dp = ch + (kSix ? 3328 : 2048);
       const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dp)));
       if constexpr (kSix) {
-        sb_q6<NT>(ch, xq, bs, b, isum);
+        sb_q6<NT, kPre>(ch, kPre ? pre + b * kPlanes : nullptr, xq, bs, b, isum);
         MX_UNROLL for (int j = 0; j < NT; ++j)
           acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(d, _mm512_set1_ps(xd[j][b])), acc[j]);
       } else {
-        sb_q45<NT>(ch, xq, bs, b, isum, imin);
+        sb_q45<NT, kPre>(ch, kPre ? pre + b * kPlanes : nullptr, xq, bs, b, isum, imin);
         const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dp + 32)));
         MX_UNROLL for (int j = 0; j < NT; ++j) {
           const __m512 dx = _mm512_set1_ps(xd[j][b]);
@@ -173,26 +214,58 @@ struct KR16 {
     MX_UNROLL for (int j = 0; j < NT; ++j) _mm512_storeu_ps(y + (t + j) * ldy, acc[j]);
   }
 
-  template <int NT>
+  template <int NT, bool kPre = false>
   static void tail(int nt, const uint8_t* grp, int64_t nsb, const Prepared& p, int64_t t,
-                   float* y, int64_t ldy) {
+                   float* y, int64_t ldy, const uint8_t* pre = nullptr) {
     if constexpr (NT > 1)
-      if (nt < NT) return tail<NT - 1>(nt, grp, nsb, p, t, y, ldy);
-    group<NT, false>(grp, nsb, p, t, y, ldy);
+      if (nt < NT) return tail<NT - 1, kPre>(nt, grp, nsb, p, t, y, ldy, pre);
+    group<NT, false, kPre>(grp, nsb, p, t, y, ldy, pre);
   }
 
   // Rows [r0, r1) (multiples of 16): each group is read from memory once (the first token
-  // tile, with prefetch) and from cache by the other tiles.
+  // tile, with prefetch) and from cache by the other tiles. With MX_KR16_PRE tokens or more,
+  // each group is first unpacked to bytes (unpack_group) and every tile reads those.
+  // With two or more full tiles, the next group is prefetched into L2, a slice in each tile
+  // but the first, while this one is in use; only the range's first group streams in with
+  // the loads' own prefetch (the first tile of every group used to wait on DRAM: ~9% of
+  // prefill time).
   static void rows(const MatView& w, const Prepared& p, int64_t r0, int64_t r1, float* y,
                    int64_t ldy) {
     const int64_t T = p.n_tokens, nsb = w.cols / 256;
     constexpr int kNT = MX_KR16_NT;
+    const int64_t gbytes = nsb * kChunk, ntile = T / kNT;
+    const bool spread = ntile >= 2;
+    const int64_t per = spread ? ((gbytes + ntile - 2) / (ntile - 1) + 63) / 64 * 64 : 0;
+    const bool unpack = T >= MX_KR16_PRE;
+    uint8_t* pre = nullptr;
+    if (unpack) {
+      thread_local Arena buf;
+      pre = static_cast<uint8_t*>(buf.get(static_cast<size_t>(nsb * kPlanes)));
+    }
     for (int64_t r = r0; r < r1; r += 16) {
       const uint8_t* g = w.row(r);
+      const uint8_t* next = r + 16 < r1 ? w.row(r + 16) : nullptr;
       int64_t t = 0;
+      if (unpack) {
+        unpack_group(g, nsb, pre);
+        for (; t + kNT <= T; t += kNT) {
+          if (spread && next && t > 0)
+            for (int64_t o = (t / kNT - 1) * per; o < (t / kNT) * per && o < gbytes; o += 64)
+              _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T1);
+          group<kNT, false, true>(g, nsb, p, t, y + r, ldy, pre);
+        }
+        if (t < T) tail<kNT, true>(static_cast<int>(T - t), g, nsb, p, t, y + r, ldy, pre);
+        continue;
+      }
       if (T >= kNT) {
-        group<kNT, true>(g, nsb, p, 0, y + r, ldy);
-        for (t = kNT; t + kNT <= T; t += kNT) group<kNT, false>(g, nsb, p, t, y + r, ldy);
+        if (!spread || r == r0) group<kNT, true>(g, nsb, p, 0, y + r, ldy);
+        else group<kNT, false>(g, nsb, p, 0, y + r, ldy);
+        for (t = kNT; t + kNT <= T; t += kNT) {
+          if (spread && next)
+            for (int64_t o = (t / kNT - 1) * per; o < (t / kNT) * per && o < gbytes; o += 64)
+              _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T1);
+          group<kNT, false>(g, nsb, p, t, y + r, ldy);
+        }
       } else if (T == 1) {
         group<1, true>(g, nsb, p, 0, y + r, ldy);
         t = 1;

@@ -66,9 +66,42 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     fn(0, n, 0);
     return;
   }
+  post(n, fn, grain, false);
+}
+
+void ThreadPool::parallel_chunks(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
+                                 int64_t chunk) {
+  if (n <= 0) return;
+  chunk = std::max<int64_t>(1, chunk);
+  if (n_threads_ == 1 || n <= chunk) {
+    fn(0, n, 0);
+    return;
+  }
+  post(n, fn, chunk, true);
+}
+
+// Thread `index`'s part of the posted job: its fixed range, or chunks until none are left.
+void ThreadPool::run_share(int index) {
+  if (!job_dynamic_) {
+    int64_t b, e;
+    range_of(job_n_, job_grain_, n_threads_, index, &b, &e);
+    if (b < e) (*job_)(b, e, index);
+    return;
+  }
+  for (;;) {
+    const int64_t b = next_.fetch_add(job_grain_, std::memory_order_relaxed);
+    if (b >= job_n_) return;
+    (*job_)(b, std::min(job_n_, b + job_grain_), index);
+  }
+}
+
+void ThreadPool::post(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
+                      int64_t grain, bool dynamic) {
   job_ = &fn;
   job_n_ = n;
   job_grain_ = grain;
+  job_dynamic_ = dynamic;
+  next_.store(0, std::memory_order_relaxed);
   pending_.store(n_threads_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes the job
   // A worker going to sleep increments sleepers_ before re-checking generation_ under the lock,
@@ -77,9 +110,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     std::lock_guard<std::mutex> lk(mu_);
     cv_start_.notify_all();
   }
-  int64_t b, e;
-  range_of(n, grain, n_threads_, 0, &b, &e);
-  if (b < e) fn(b, e, 0);
+  run_share(0);
   // seq_cst: pairs with the worker's decrement-then-check of caller_sleeping_.
   const auto done = [&] { return pending_.load(std::memory_order_seq_cst) == 0; };
   if (!spin_until(done)) {
@@ -103,9 +134,7 @@ void ThreadPool::worker(int index) {
     }
     seen = generation_.load(std::memory_order_acquire);
     if (stop_.load(std::memory_order_acquire)) return;
-    int64_t b, e;
-    range_of(job_n_, job_grain_, n_threads_, index, &b, &e);
-    if (b < e) (*job_)(b, e, index);
+    run_share(index);
     if (pending_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
         caller_sleeping_.load(std::memory_order_seq_cst)) {
       std::lock_guard<std::mutex> lk(mu_);

@@ -28,9 +28,17 @@ class ThreadPool {
   // `grain` is the smallest range worth giving a thread (ranges are multiples of it).
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
                     int64_t grain = 1);
+  // fn(begin, end, thread_index) for chunks of `chunk` indices handed out on demand: a thread
+  // that runs slower (a busy or preempted core) takes fewer chunks instead of holding up the
+  // rest. Which thread runs an index then depends on timing, so fn must compute each index
+  // independently of the others and of the thread (as matmul rows are).
+  void parallel_chunks(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
+                       int64_t chunk);
 
  private:
   void worker(int index);
+  void run_share(int index);
+  void post(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t grain, bool dynamic);
   int n_threads_;
   std::vector<std::thread> threads_;
   std::mutex mu_;
@@ -39,6 +47,8 @@ class ThreadPool {
   // sees the new generation (acquire).
   const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
   int64_t job_n_ = 0, job_grain_ = 1;
+  bool job_dynamic_ = false;
+  std::atomic<int64_t> next_{0};  // first index not yet handed out (dynamic jobs)
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<int> sleepers_{0};          // workers blocked on cv_start_
