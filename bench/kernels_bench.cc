@@ -179,6 +179,59 @@ void BM_ceilings(benchmark::State& state) {
 }
 BENCHMARK(BM_ceilings)->Iterations(1)->Unit(benchmark::kMillisecond);
 
+// Which instructions share the vpdpbusd pipes (one thread, no memory): 24 independent
+// vpdpbusd plus 4 or 8 of another instruction per loop. The dpbusd rate falls only when the
+// other instruction competes for its pipes. On the project's Zen 5 VM (2026-12-03): vpmulld,
+// vfmadd231ps, vmulps and vpdpwssd compete (24+4 -> 6.2 of 7.3 G/s); vpaddd, vpandd, vpshufd
+// and vcvtdq2ps do not. So a kernel's ceiling is vpdpbusd / (vpdpbusd + those), e.g. 80% for
+// q8_0r16 (per block and 16 rows: 8 vpdpbusd, one vmulps, one FMA) - docs/benchmarks.md.
+#if defined(__x86_64__)
+#define MX_DP12                                                                                \
+  "vpdpbusd %%zmm30, %%zmm31, %%zmm0\n vpdpbusd %%zmm30, %%zmm31, %%zmm1\n"                     \
+  "vpdpbusd %%zmm30, %%zmm31, %%zmm2\n vpdpbusd %%zmm30, %%zmm31, %%zmm3\n"                     \
+  "vpdpbusd %%zmm30, %%zmm31, %%zmm4\n vpdpbusd %%zmm30, %%zmm31, %%zmm5\n"                     \
+  "vpdpbusd %%zmm30, %%zmm31, %%zmm6\n vpdpbusd %%zmm30, %%zmm31, %%zmm7\n"                     \
+  "vpdpbusd %%zmm30, %%zmm31, %%zmm8\n vpdpbusd %%zmm30, %%zmm31, %%zmm9\n"                     \
+  "vpdpbusd %%zmm30, %%zmm31, %%zmm10\n vpdpbusd %%zmm30, %%zmm31, %%zmm11\n"
+// Sources zeroed each pass (zero idioms, no pipe): no denormals or NaNs in the float ones.
+#define MX_ZERO_SRC                                                                            \
+  "vpxord %%zmm26, %%zmm26, %%zmm26\n vpxord %%zmm27, %%zmm27, %%zmm27\n"                       \
+  "vpxord %%zmm28, %%zmm28, %%zmm28\n vpxord %%zmm29, %%zmm29, %%zmm29\n"                       \
+  "vpxord %%zmm30, %%zmm30, %%zmm30\n vpxord %%zmm31, %%zmm31, %%zmm31\n"
+#define MX_X4(op) op " %%zmm29, %%zmm28, %%zmm16\n " op " %%zmm29, %%zmm28, %%zmm17\n " op \
+                  " %%zmm29, %%zmm28, %%zmm18\n " op " %%zmm29, %%zmm28, %%zmm19\n"
+#define MX_PIPE_BENCH(name, body, other)                                                        \
+  __attribute__((target("avx512f,avx512vnni"))) void pipes_##name(benchmark::State& state) {  \
+    const int64_t n = 1 << 20;                                                                 \
+    for (auto _ : state)                                                                       \
+      for (int64_t i = 0; i < n; ++i)                                                          \
+        __asm__ volatile(MX_ZERO_SRC body ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5",  \
+                         "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm16", "xmm17",   \
+                         "xmm18", "xmm19", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30",         \
+                         "xmm31");                                                             \
+    const double it = static_cast<double>(state.iterations()) * static_cast<double>(n);       \
+    state.counters["dpbusd/s"] = benchmark::Counter(24 * it, benchmark::Counter::kIsRate);     \
+    state.counters["other/s"] = benchmark::Counter(other * it, benchmark::Counter::kIsRate);   \
+  }                                                                                            \
+  void BM_pipes_##name(benchmark::State& state) {                                              \
+    if (!__builtin_cpu_supports("avx512vnni")) {                                               \
+      state.SkipWithError("needs AVX-512 VNNI");                                               \
+      return;                                                                                  \
+    }                                                                                          \
+    pipes_##name(state);                                                                       \
+  }                                                                                            \
+  BENCHMARK(BM_pipes_##name)->Unit(benchmark::kMillisecond)->MeasureProcessCPUTime();
+MX_PIPE_BENCH(dpbusd_only, MX_DP12 MX_DP12, 0)
+MX_PIPE_BENCH(plus_vpmulld, MX_DP12 MX_DP12 MX_X4("vpmulld"), 4)
+MX_PIPE_BENCH(plus_vfmadd, MX_DP12 MX_DP12 MX_X4("vfmadd231ps"), 4)
+MX_PIPE_BENCH(plus_vmulps, MX_DP12 MX_DP12 MX_X4("vmulps"), 4)
+MX_PIPE_BENCH(plus_vpdpwssd, MX_DP12 MX_DP12 MX_X4("vpdpwssd"), 4)
+MX_PIPE_BENCH(plus_vpaddd_x8, MX_DP12 MX_DP12 MX_X4("vpaddd") MX_X4("vpaddd"), 8)
+MX_PIPE_BENCH(plus_vpandd_x8, MX_DP12 MX_DP12 MX_X4("vpandd") MX_X4("vpandd"), 8)
+MX_PIPE_BENCH(plus_vcvtdq2ps, MX_DP12 MX_DP12 "vcvtdq2ps %%zmm29, %%zmm16\n vcvtdq2ps %%zmm28, %%zmm17\n vcvtdq2ps %%zmm27, %%zmm18\n vcvtdq2ps %%zmm26, %%zmm19\n", 4)
+MX_PIPE_BENCH(plus_vpshufd, MX_DP12 MX_DP12 "vpshufd $0, %%zmm29, %%zmm16\n vpshufd $0x55, %%zmm28, %%zmm17\n vpshufd $0xaa, %%zmm27, %%zmm18\n vpshufd $0xff, %%zmm26, %%zmm19\n", 4)
+#endif
+
 }  // namespace
 
 BENCHMARK_MAIN();
