@@ -117,8 +117,51 @@ run "$W/out" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" score --model "$MODEL" --cases
 [[ $RC != 0 && $RC != 124 ]] && grep -q "place.bad:2: expert 4 is already placed (line 1)" "$W/err" &&
   pass "bad placement file: clear error naming file and line" || fail "bad placement: exit $RC, $(head -3 "$W/err")"
 
-# ---- more ranks than experts ------------------------------------------------------------------
-# Each rank records its own exit code through a wrapper, to check that every one is non-zero
+# ---- more ranks than experts: each expert's hidden rows split over the ranks sharing it ---------
+# The parts' w2 sums are added in ascending rank order on every rank, so a run is deterministic,
+# but the order differs from one process: compare within a bound instead of byte for byte.
+# max_diff <ref> <out>: the largest |difference| of any top logit (matched by token id), lse or
+# next-token log-prob over all cases and positions; fails when the structure differs.
+max_diff() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+assert len(a) == len(b) and len(a) > 0, "case count differs"
+m, n = 0.0, 0
+for ca, cb in zip(a, b):
+    assert ca["tokens"] == cb["tokens"] and len(ca["positions"]) == len(cb["positions"])
+    for pa, pb in zip(ca["positions"], cb["positions"]):
+        ta, tb = dict(map(tuple, pa["top"])), dict(map(tuple, pb["top"]))
+        assert pa["top"][0][0] == pb["top"][0][0], "top-1 token differs"
+        for t in ta.keys() & tb.keys():
+            m, n = max(m, abs(ta[t] - tb[t])), n + 1
+        m = max(m, abs(pa["lse"] - pb["lse"]))
+        if pa["next_logprob"] is not None:
+            m = max(m, abs(pa["next_logprob"] - pb["next_logprob"]))
+assert n > 0
+print(f"{m:.3g}")
+PY
+}
+for np in 9 16; do
+  run "$W/score.$np" "$W/err.$np" "${MPIRUN[@]}" -np $np "$BIN" score --model "$MODEL" --cases "$CASES"
+  exited_ok "score -np $np" "$W/err.$np"
+  d=$(max_diff "$W/score.ref" "$W/score.$np" 2>&1)
+  if python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < 1e-4 else 1)" "$d" 2>/dev/null; then
+    pass "score --cases, -np $np (experts split by hidden rows): max |logit error| $d < 1e-4"
+  else
+    fail "score --cases, -np $np: max |logit error| $d (bound 1e-4)"
+  fi
+done
+# Timing must not matter: a second run gives the same bytes.
+run "$W/score.16b" "$W/err" "${MPIRUN[@]}" -np 16 "$BIN" score --model "$MODEL" --cases "$CASES"
+same "score --cases, -np 16 twice: deterministic" "$W/score.16" "$W/score.16b"
+grep -q '^placement: rank 0 ([^)]*): expert 0 rows 0-63; .*rank 8 ([^)]*): expert 0 rows 64-127; rank 9 ([^)]*): expert 1 rows 64-127;' "$W/err.16" &&
+  pass "-np 16: placement shows each rank's rows" || fail "-np 16 placement line: $(grep placement "$W/err.16")"
+grep -q '; rank 7 ([^)]*): expert 7; rank 8 ([^)]*): expert 0 rows 64-127$' "$W/err.9" &&
+  pass "-np 9: only expert 0 split" || fail "-np 9 placement line: $(grep placement "$W/err.9")"
+
+# A placement file places whole experts: with more ranks than experts it is refused, naming the
+# file, and every rank exits non-zero. Each rank records its own exit code through a wrapper
 # (mpirun is told not to kill the others when the first one exits, so each gets to write it).
 cat >"$W/wrap.sh" <<EOF
 #!/usr/bin/env bash
@@ -135,12 +178,13 @@ ranks_failed() {
   "${MPIRUN[@]}" --mca orte_abort_on_non_zero_status 0 "$@" >/dev/null 2>&1
   [[ $(cat "$W"/rc.* 2>/dev/null | grep -cv '^0$') == "$n" ]]
 }
-run "$W/out" "$W/err" "${MPIRUN[@]}" -np 9 "$BIN" score --model "$MODEL" --cases "$CASES"
-if [[ $RC != 0 && $RC != 124 ]] && grep -q "9 ranks but only 8 experts" "$W/err" &&
-   ranks_failed 9 -np 9 "$W/wrap.sh" score --model "$MODEL" --cases "$CASES"; then
-  pass "-np 9: clear error, all 9 ranks exit non-zero (${SECS}s)"
+printf 'rank 0: 0-3\nrank 8: 4-7\n' >"$W/place9"
+run "$W/out" "$W/err" "${MPIRUN[@]}" -np 9 "$BIN" score --model "$MODEL" --cases "$CASES" --placement "$W/place9"
+if [[ $RC != 0 && $RC != 124 ]] && grep -q "place9: a placement file places whole experts, but this job has 9 ranks for 8 experts" "$W/err" &&
+   ranks_failed 9 -np 9 "$W/wrap.sh" score --model "$MODEL" --cases "$CASES" --placement "$W/place9"; then
+  pass "-np 9 with a placement file: clear error naming the file, all 9 ranks exit non-zero (${SECS}s)"
 else
-  fail "-np 9: exit $RC, rank exit codes: $(cat "$W"/rc.* 2>/dev/null | tr '\n' ' '), stderr: $(head -3 "$W/err")"
+  fail "-np 9 --placement: exit $RC, rank exit codes: $(cat "$W"/rc.* 2>/dev/null | tr '\n' ' '), stderr: $(head -3 "$W/err")"
 fi
 
 # ---- hosts that hold only their own files --------------------------------------------------------

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "formats/error.h"
+#include "formats/expert_split.h"
 #include "formats/loaded_model.h"
 #include "runtime/placement.h"
 
@@ -86,4 +87,57 @@ TEST(Placement, BadFilesNameTheLineAndTheProblem) {
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/p.txt: cannot open placement file"), std::string::npos);
   }
+}
+
+// More ranks than experts: expert e is split over ranks e, e+8, ...; rank r holds part r / 8.
+TEST(Placement, SplitsExpertsOverMoreRanksThanExperts) {
+  const LoadOptions nine{8, 9};
+  EXPECT_TRUE(nine.splits(8));
+  EXPECT_EQ(nine.expert_parts(0, 8), 2);
+  EXPECT_EQ(nine.expert_parts(1, 8), 1);
+  EXPECT_TRUE(nine.owns_expert(0, 8));
+  EXPECT_FALSE(nine.owns_expert(1, 8));
+  EXPECT_EQ(nine.part(8), 1);
+  EXPECT_FALSE((LoadOptions{0, 8}).splits(8));
+  for (int r = 0; r < 16; ++r) {
+    const LoadOptions lo{r, 16};
+    for (int e = 0; e < 8; ++e) {
+      EXPECT_EQ(lo.owns_expert(e, 8), e == r % 8);
+      EXPECT_EQ(lo.expert_parts(e, 8), 2);
+    }
+    EXPECT_EQ(lo.part(8), r / 8);
+  }
+  // A placement file never splits, whatever the rank count.
+  LoadOptions placed{3, 12};
+  placed.owner = {0, 1, 2, 3, 4, 5, 6, 7};
+  EXPECT_FALSE(placed.splits(8));
+  EXPECT_TRUE(placed.owns_expert(3, 8));
+}
+
+TEST(Placement, SplitRowsAreWholeUnitsAndCoverTheExpert) {
+  EXPECT_EQ(mx::split_granule(mx::DType::BF16), 16);
+  EXPECT_EQ(mx::split_granule(mx::DType::Q8_0R16), 32);
+  EXPECT_EQ(mx::split_granule(mx::DType::Q4_K), 256);
+  const auto a = mx::expert_rows(14336, 2, 0, 32, "m"), b = mx::expert_rows(14336, 2, 1, 32, "m");
+  EXPECT_EQ(a.lo, 0);
+  EXPECT_EQ(a.hi, 7168);
+  EXPECT_EQ(b.lo, 7168);
+  EXPECT_EQ(b.hi, 14336);
+  // Uneven: 8 units of 16 over 3 parts are 3+3+2.
+  EXPECT_EQ(mx::expert_rows(128, 3, 0, 16, "m").hi, 48);
+  EXPECT_EQ(mx::expert_rows(128, 3, 1, 16, "m").hi, 96);
+  EXPECT_EQ(mx::expert_rows(128, 3, 2, 16, "m").lo, 96);
+  EXPECT_EQ(mx::expert_rows(128, 3, 2, 16, "m").hi, 128);
+  auto error = [](int64_t ffn, int parts, int64_t g) {
+    try {
+      mx::expert_rows(ffn, parts, 0, g, "tiny: expert 0");
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_NE(error(128, 9, 16).find("tiny: expert 0: its hidden size 128 has only 8 units of 16"), std::string::npos)
+      << error(128, 9, 16);
+  EXPECT_NE(error(100, 2, 16).find("not a multiple of 16"), std::string::npos) << error(100, 2, 16);
+  EXPECT_NE(error(128, 2, 256).find("not a multiple of 256"), std::string::npos);
 }

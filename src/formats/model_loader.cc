@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "formats/error.h"
+#include "formats/expert_split.h"
 #include "formats/safetensors_checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -87,12 +88,20 @@ LoadedModel load_model(const std::string& path, const LoadOptions& opts) {
     if (static_cast<int>(opts.owner.size()) != E)
       fail(path + ": the placement places " + std::to_string(opts.owner.size()) + " experts but the model has " +
            std::to_string(E));
-  } else if (opts.n_ranks > E) {
-    // Splitting one expert over several ranks is not supported: extra ranks would hold nothing.
-    fail(path + ": " + std::to_string(opts.n_ranks) + " ranks but only " + std::to_string(E) +
-         " experts; use at most " + std::to_string(E) + " ranks");
   }
   check_tensors(m, opts);
+  if (opts.splits(E)) {
+    // More ranks than experts: this rank's share of its expert must be whole units the
+    // kernels accept (checked here so that a bad rank count fails at start, naming the model).
+    const int e = opts.rank % E;
+    for (int l = 0; l < m.config.n_layers; ++l) {
+      const Tensor& w2 = m.store.get("layers." + std::to_string(l) + ".experts." + std::to_string(e) + ".w2");
+      expert_rows(m.config.ffn_dim, opts.expert_parts(e, E), opts.part(E), split_granule(w2.dtype),
+                  path + ": " + std::to_string(opts.n_ranks) + " ranks for " + std::to_string(E) +
+                      " experts split each expert's hidden rows; expert " + std::to_string(e) + " (" +
+                      std::string(dtype_info(w2.dtype).name) + ")");
+    }
+  }
   return m;
 }
 

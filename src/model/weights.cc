@@ -2,6 +2,12 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <cstring>
+
+#include "formats/error.h"
+#include "formats/expert_split.h"
+
 #include "kernels/quant_blocks.h"
 #include "kernels/thread_pool.h"
 
@@ -9,31 +15,85 @@ namespace mx {
 
 namespace {
 
+// Anonymous memory for a matrix copied at bind time, kept alive by w.owned. Null when there is
+// no memory for it.
+uint8_t* alloc_owned(size_t bytes, ModelWeights& w) {
+  // Asked for huge pages: faulting in gigabytes 4 KiB at a time took more time than the copy.
+  const size_t len = (std::max<size_t>(bytes, 1) + (size_t{2} << 20) - 1) / (size_t{2} << 20) * (size_t{2} << 20);
+  void* mem = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return nullptr;
+  ::madvise(mem, len, MADV_HUGEPAGE);
+  w.owned.emplace_back(static_cast<uint8_t*>(mem), [len](uint8_t* p) { ::munmap(p, len); });
+  return w.owned.back().get();
+}
+
+// Rows [lo, hi) of a matrix (hi < 0: all of them); lo and hi are whole 16-row groups when the
+// matrix is or becomes r16. Only those rows are read (mapped pages outside stay untouched).
 MatView bind_matrix(const LoadedModel& m, const std::string& name, const LoadOptions& opts,
-                    ThreadPool* pool, ModelWeights& w) {
+                    ThreadPool* pool, ModelWeights& w, int64_t lo = 0, int64_t hi = -1) {
   const Tensor& t = m.store.get(name);
   MatView v = mat_view(t);
+  if (hi < 0) hi = v.rows;
+  v.data += static_cast<size_t>(lo) * v.stride;
+  v.rows = hi - lo;
   const DType r16 = r16_storage(t.dtype, name, t.shape);  // repack's rule
   if (!opts.interleave || r16 == t.dtype) return v;
-  const size_t bytes = t.nbytes(), group = 16 * v.stride;
-  // Mapped directly and asked for huge pages: faulting in gigabytes 4 KiB at a time took more
-  // time than the copy itself.
-  const size_t len = (bytes + (size_t{2} << 20) - 1) / (size_t{2} << 20) * (size_t{2} << 20);
-  void* mem = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) return v;  // no memory for a copy: the row-major kernels still work
-  ::madvise(mem, len, MADV_HUGEPAGE);
-  std::shared_ptr<uint8_t> buf(static_cast<uint8_t*>(mem), [len](uint8_t* p) { ::munmap(p, len); });
+  const size_t group = 16 * v.stride;
   const int64_t ng = v.rows / 16;
+  uint8_t* buf = alloc_owned(static_cast<size_t>(ng) * group, w);
+  if (buf == nullptr) return v;  // no memory for a copy: the row-major kernels still work
   auto convert = [&](int64_t g0, int64_t g1, int) {
     for (int64_t g = g0; g < g1; ++g)
-      interleave_r16(r16, t.data + static_cast<size_t>(g) * group, v.cols, buf.get() + static_cast<size_t>(g) * group);
+      interleave_r16(r16, v.data + static_cast<size_t>(g) * group, v.cols, buf + static_cast<size_t>(g) * group);
   };
   if (pool) pool->parallel_for(ng, convert, 4);
   else convert(0, ng, 0);
   m.store.release_pages(t);
   v.dtype = r16;
-  v.data = buf.get();
-  w.owned.push_back(std::move(buf));
+  v.data = buf;
+  return v;
+}
+
+// Columns [c0, c1) of a matrix (an expert's w2 when its hidden rows are split over ranks), copied
+// into memory of their own in the dtype bind_matrix would give the whole matrix. Row-major
+// sources are read only in those columns; an r16 source is read a group at a time.
+MatView bind_columns(const LoadedModel& m, const std::string& name, const LoadOptions& opts,
+                     ModelWeights& w, int64_t c0, int64_t c1) {
+  const Tensor& t = m.store.get(name);
+  const MatView src = mat_view(t);
+  const DType base = r16_base(t.dtype);
+  const DType out = is_r16(t.dtype) || !opts.interleave ? t.dtype : r16_storage(t.dtype, name, t.shape);
+  const int64_t nc = c1 - c0;
+  const size_t rb = row_bytes(base, nc), off = row_bytes(base, c0), full = row_bytes(base, src.cols);
+  uint8_t* buf = alloc_owned(static_cast<size_t>(src.rows) * rb, w);
+  if (buf == nullptr) fail(m.path + ": out of memory for " + name + "'s columns " + std::to_string(c0) + "-" +
+                           std::to_string(c1 - 1));
+  if (!is_r16(t.dtype) && !is_r16(out)) {
+    for (int64_t r = 0; r < src.rows; ++r)
+      std::memcpy(buf + static_cast<size_t>(r) * rb, src.row(r) + off, rb);
+  } else {
+    std::vector<uint8_t> rows16(16 * full), slice16(16 * rb);
+    for (int64_t g = 0; g < src.rows / 16; ++g) {
+      const uint8_t* rows = src.row(16 * g);
+      if (is_r16(t.dtype)) {
+        deinterleave_r16(t.dtype, rows, src.cols, rows16.data());
+        rows = rows16.data();
+      }
+      for (int l = 0; l < 16; ++l)
+        std::memcpy(slice16.data() + static_cast<size_t>(l) * rb,
+                    rows + static_cast<size_t>(l) * (is_r16(t.dtype) ? full : src.stride) + off, rb);
+      uint8_t* dst = buf + static_cast<size_t>(g) * 16 * rb;
+      if (is_r16(out)) interleave_r16(out, slice16.data(), nc, dst);
+      else std::memcpy(dst, slice16.data(), 16 * rb);
+    }
+  }
+  m.store.release_pages(t);
+  MatView v;
+  v.dtype = out;
+  v.data = buf;
+  v.rows = src.rows;
+  v.cols = nc;
+  v.stride = rb;
   return v;
 }
 
@@ -80,6 +140,15 @@ ModelWeights bind_weights(const LoadedModel& m, const LoadOptions& opts, ThreadP
       const std::string E = L + "experts." + std::to_string(e) + ".";
       ExpertWeights& ew = lw.experts[static_cast<size_t>(e)];
       ew.present = true;
+      if (opts.expert_parts(e, c.n_experts) > 1) {
+        // This rank's hidden rows of the expert: w1/w3 rows and the same w2 columns.
+        const RowSlice sl = expert_rows(c.ffn_dim, opts.expert_parts(e, c.n_experts), opts.part(c.n_experts),
+                                        split_granule(s.get(E + "w2").dtype), m.path + ": expert " + std::to_string(e));
+        ew.w1 = bind_matrix(m, E + "w1", opts, pool, w, sl.lo, sl.hi);
+        ew.w3 = bind_matrix(m, E + "w3", opts, pool, w, sl.lo, sl.hi);
+        ew.w2 = bind_columns(m, E + "w2", opts, w, sl.lo, sl.hi);
+        continue;
+      }
       ew.w1 = mat(E + "w1");
       ew.w3 = mat(E + "w3");
       ew.w2 = mat(E + "w2");

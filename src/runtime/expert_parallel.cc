@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "formats/error.h"
+#include "formats/expert_split.h"
 #include "formats/model_loader.h"
 #include "kernels/matmul.h"
 #include "kernels/thread_pool.h"
@@ -62,6 +63,9 @@ struct Runtime {
   std::vector<MPI_Request> reqs;
   LoadOptions load;               // this rank's, with the placement rank 0 sent
   std::vector<int> owner;         // expert -> rank, filled when a model is attached
+  // expert -> the ranks holding its parts, ascending (one rank unless experts are split)
+  std::vector<std::vector<int>> holders;
+  std::vector<float> acc;         // a split expert's row being summed
   std::vector<std::string> hosts; // each rank's hostname
   double timeout_s = 5;           // MIXTRAL_EP_TIMEOUT: longest wait for a peer's expert rows
   double layer_t0 = 0;            // when this rank began the current layer's work
@@ -232,22 +236,35 @@ void all_to_all_rows(int layer, int dim) {
 
 // Every rank holds the same hidden states and routing, so every rank knows which rows each
 // rank computes and in which order: rank q contributes the rows i (= t*top_k + j) whose expert
-// it owns, in ascending i. all_to_all_rows then leaves every y row on every rank.
+// it holds (all of it, or a part of its hidden rows), in ascending i. all_to_all_rows then
+// leaves every contribution on every rank. A split expert's row is the sum of its parts' rows,
+// added in ascending part (= rank) order on every rank, so all ranks get the same bits whatever
+// the timing.
 void exchange(const Model& m, int layer, const MoeRouting& route, int dim, float* y) {
   Runtime& r = rt();
   const int N = r.world.size, me = r.world.rank;
-  const std::vector<int>& owner = r.owner;
+  const std::vector<std::vector<int>>& holders = r.holders;
   const int P = route.n_tokens * route.top_k;
+  auto held_by = [&](int i) -> const std::vector<int>& {
+    return holders[static_cast<size_t>(route.expert[static_cast<size_t>(i)])];
+  };
   r.counts.assign(static_cast<size_t>(N), 0);
-  for (int i = 0; i < P; ++i) ++r.counts[static_cast<size_t>(owner[static_cast<size_t>(route.expert[static_cast<size_t>(i)])])];
+  size_t total = 0;
+  for (int i = 0; i < P; ++i)
+    for (int q : held_by(i)) {
+      ++r.counts[static_cast<size_t>(q)];
+      ++total;
+    }
   r.displs.assign(static_cast<size_t>(N), 0);
   for (int q = 1; q < N; ++q) r.displs[static_cast<size_t>(q)] = r.displs[static_cast<size_t>(q - 1)] + r.counts[static_cast<size_t>(q - 1)];
-  r.buf.resize(static_cast<size_t>(P) * static_cast<size_t>(dim));
+  r.buf.resize(total * static_cast<size_t>(dim));
   const size_t row = static_cast<size_t>(dim);
   float* mine = r.buf.data() + static_cast<size_t>(r.displs[static_cast<size_t>(me)]) * row;
-  for (int i = 0, k = 0; i < P; ++i)
-    if (owner[static_cast<size_t>(route.expert[static_cast<size_t>(i)])] == me)
+  for (int i = 0, k = 0; i < P; ++i) {
+    const std::vector<int>& h = held_by(i);
+    if (std::find(h.begin(), h.end(), me) != h.end())
       std::memcpy(mine + static_cast<size_t>(k++) * row, y + static_cast<size_t>(i) * row, row * sizeof(float));
+  }
 
   if (r.check_routing) {
     // Diverging ranks (e.g. hosts with different math libraries) would silently exchange
@@ -274,15 +291,28 @@ void exchange(const Model& m, int layer, const MoeRouting& route, int dim, float
   const uint64_t row_bytes = row * sizeof(float);
   const uint64_t own = static_cast<uint64_t>(r.counts[static_cast<size_t>(me)]);
   r.stats.bytes_sent += own * row_bytes * static_cast<uint64_t>(N - 1);
-  r.stats.bytes_received += (static_cast<uint64_t>(P) - own) * row_bytes;
+  r.stats.bytes_received += (static_cast<uint64_t>(total) - own) * row_bytes;
 
   r.cursor = r.displs;
+  r.acc.resize(row);
   for (int i = 0; i < P; ++i) {
-    const int q = owner[static_cast<size_t>(route.expert[static_cast<size_t>(i)])];
-    const int at = r.cursor[static_cast<size_t>(q)]++;
-    if (q != me)
-      std::memcpy(y + static_cast<size_t>(i) * row, r.buf.data() + static_cast<size_t>(at) * row,
-                  row * sizeof(float));
+    const std::vector<int>& h = held_by(i);
+    float* out = y + static_cast<size_t>(i) * row;
+    if (h.size() == 1) {
+      const int q = h[0];
+      const int at = r.cursor[static_cast<size_t>(q)]++;
+      if (q != me) std::memcpy(out, r.buf.data() + static_cast<size_t>(at) * row, row * sizeof(float));
+      continue;
+    }
+    // Every rank sums the parts from the exchanged copies (its own included) in the same order.
+    float* a = r.acc.data();
+    for (size_t p = 0; p < h.size(); ++p) {
+      const float* part = r.buf.data() + static_cast<size_t>(r.cursor[static_cast<size_t>(h[p])]++) * row;
+      if (p == 0) std::memcpy(a, part, row * sizeof(float));
+      else
+        for (size_t k = 0; k < row; ++k) a[k] += part[k];
+    }
+    std::memcpy(out, a, row * sizeof(float));
   }
 }
 
@@ -301,9 +331,14 @@ void run_test_hooks(int layer, int n_layers) {
 void install_runner(Model& m, ThreadPool& pool) {
   Model* raw = &m;
   Runtime& r = rt();
-  r.owner.resize(static_cast<size_t>(m.config.n_experts));
-  for (int e = 0; e < m.config.n_experts; ++e)
-    r.owner[static_cast<size_t>(e)] = r.load.expert_owner(e, m.config.n_experts);
+  const int E = m.config.n_experts;
+  r.owner.resize(static_cast<size_t>(E));
+  r.holders.assign(static_cast<size_t>(E), {});
+  for (int e = 0; e < E; ++e) {
+    r.owner[static_cast<size_t>(e)] = r.load.expert_owner(e, E);
+    // Parts of a split expert are held by ranks e, e+E, ... (LoadOptions), ascending.
+    for (int p = 0; p < r.load.expert_parts(e, E); ++p) r.holders[static_cast<size_t>(e)].push_back(r.load.expert_owner(e, E) + p * E);
+  }
   m.experts = [raw, &pool](int layer, const float* x, int dim, const MoeRouting& route, float* y) {
     run_local_experts(raw->weights.layers[static_cast<size_t>(layer)], x, dim, route, y, pool);
     run_test_hooks(layer, raw->config.n_layers);
@@ -706,8 +741,23 @@ void open_end(const Model* m, const std::string& local_error) {
   std::vector<int> owner(static_cast<size_t>(E));
   for (int e = 0; e < E; ++e) owner[static_cast<size_t>(e)] = r.load.expert_owner(e, E);
   std::string line = "placement:";
-  for (int q = 0; q < r.world.size; ++q)
-    line += (q ? "; rank " : " rank ") + std::to_string(q) + " (" + host_of(q) + "): experts " + experts_of(owner, q);
+  if (r.load.splits(E)) {
+    // Rank q holds hidden rows of expert q % E (this rank's w2 dtype sets the units, as on all ranks).
+    const int64_t granule = split_granule(m->weights.layers.empty() ? DType::F32
+                                                                    : m->weights.layers[0].experts[0].w2.dtype);
+    for (int q = 0; q < r.world.size; ++q) {
+      LoadOptions lq = r.load;
+      lq.rank = q;
+      const int e = q % E;
+      const RowSlice sl = expert_rows(m->config.ffn_dim, lq.expert_parts(e, E), lq.part(E), granule, "placement");
+      line += (q ? "; rank " : " rank ") + std::to_string(q) + " (" + host_of(q) + "): expert " + std::to_string(e);
+      if (lq.expert_parts(e, E) > 1)
+        line += " rows " + std::to_string(sl.lo) + "-" + std::to_string(sl.hi - 1);
+    }
+  } else {
+    for (int q = 0; q < r.world.size; ++q)
+      line += (q ? "; rank " : " rank ") + std::to_string(q) + " (" + host_of(q) + "): experts " + experts_of(owner, q);
+  }
   std::fprintf(stderr, "%s\n", line.c_str());
 }
 
