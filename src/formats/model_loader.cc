@@ -91,16 +91,13 @@ LoadedModel load_model(const std::string& path, const LoadOptions& opts) {
   }
   check_tensors(m, opts);
   if (opts.splits(E)) {
-    // More ranks than experts: this rank's share of its expert must be whole units the
-    // kernels accept (checked here so that a bad rank count fails at start, naming the model).
-    const int e = opts.rank % E;
-    for (int l = 0; l < m.config.n_layers; ++l) {
-      const Tensor& w2 = m.store.get("layers." + std::to_string(l) + ".experts." + std::to_string(e) + ".w2");
-      expert_rows(m.config.ffn_dim, opts.expert_parts(e, E), opts.part(E), split_granule(w2.dtype),
-                  path + ": " + std::to_string(opts.n_ranks) + " ranks for " + std::to_string(E) +
-                      " experts split each expert's hidden rows; expert " + std::to_string(e) + " (" +
-                      std::string(dtype_info(w2.dtype).name) + ")");
-    }
+    // More ranks than experts: this rank's share of its expert must be whole 16-row groups
+    // (checked here so that a bad rank count fails at start, naming the model).
+    const int e = opts.rank % E, parts = opts.expert_parts(e, E);
+    const std::string what = path + ": " + std::to_string(opts.n_ranks) + " ranks for " + std::to_string(E) +
+                             " experts split each expert over " + std::to_string(parts) + " ranks; its ";
+    expert_rows(m.config.ffn_dim, parts, opts.part(E), what + "hidden size");
+    expert_rows(m.config.dim, parts, opts.part(E), what + "output size (model dim)");
   }
   return m;
 }

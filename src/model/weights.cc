@@ -3,9 +3,6 @@
 #include <sys/mman.h>
 
 #include <algorithm>
-#include <cstring>
-
-#include "formats/error.h"
 #include "formats/expert_split.h"
 
 #include "kernels/quant_blocks.h"
@@ -54,49 +51,6 @@ MatView bind_matrix(const LoadedModel& m, const std::string& name, const LoadOpt
   return v;
 }
 
-// Columns [c0, c1) of a matrix (an expert's w2 when its hidden rows are split over ranks), copied
-// into memory of their own in the dtype bind_matrix would give the whole matrix. Row-major
-// sources are read only in those columns; an r16 source is read a group at a time.
-MatView bind_columns(const LoadedModel& m, const std::string& name, const LoadOptions& opts,
-                     ModelWeights& w, int64_t c0, int64_t c1) {
-  const Tensor& t = m.store.get(name);
-  const MatView src = mat_view(t);
-  const DType base = r16_base(t.dtype);
-  const DType out = is_r16(t.dtype) || !opts.interleave ? t.dtype : r16_storage(t.dtype, name, t.shape);
-  const int64_t nc = c1 - c0;
-  const size_t rb = row_bytes(base, nc), off = row_bytes(base, c0), full = row_bytes(base, src.cols);
-  uint8_t* buf = alloc_owned(static_cast<size_t>(src.rows) * rb, w);
-  if (buf == nullptr) fail(m.path + ": out of memory for " + name + "'s columns " + std::to_string(c0) + "-" +
-                           std::to_string(c1 - 1));
-  if (!is_r16(t.dtype) && !is_r16(out)) {
-    for (int64_t r = 0; r < src.rows; ++r)
-      std::memcpy(buf + static_cast<size_t>(r) * rb, src.row(r) + off, rb);
-  } else {
-    std::vector<uint8_t> rows16(16 * full), slice16(16 * rb);
-    for (int64_t g = 0; g < src.rows / 16; ++g) {
-      const uint8_t* rows = src.row(16 * g);
-      if (is_r16(t.dtype)) {
-        deinterleave_r16(t.dtype, rows, src.cols, rows16.data());
-        rows = rows16.data();
-      }
-      for (int l = 0; l < 16; ++l)
-        std::memcpy(slice16.data() + static_cast<size_t>(l) * rb,
-                    rows + static_cast<size_t>(l) * (is_r16(t.dtype) ? full : src.stride) + off, rb);
-      uint8_t* dst = buf + static_cast<size_t>(g) * 16 * rb;
-      if (is_r16(out)) interleave_r16(out, slice16.data(), nc, dst);
-      else std::memcpy(dst, slice16.data(), 16 * rb);
-    }
-  }
-  m.store.release_pages(t);
-  MatView v;
-  v.dtype = out;
-  v.data = buf;
-  v.rows = src.rows;
-  v.cols = nc;
-  v.stride = rb;
-  return v;
-}
-
 }  // namespace
 
 MatView mat_view(const Tensor& t) {
@@ -141,12 +95,15 @@ ModelWeights bind_weights(const LoadedModel& m, const LoadOptions& opts, ThreadP
       ExpertWeights& ew = lw.experts[static_cast<size_t>(e)];
       ew.present = true;
       if (opts.expert_parts(e, c.n_experts) > 1) {
-        // This rank's hidden rows of the expert: w1/w3 rows and the same w2 columns.
-        const RowSlice sl = expert_rows(c.ffn_dim, opts.expert_parts(e, c.n_experts), opts.part(c.n_experts),
-                                        split_granule(s.get(E + "w2").dtype), m.path + ": expert " + std::to_string(e));
-        ew.w1 = bind_matrix(m, E + "w1", opts, pool, w, sl.lo, sl.hi);
-        ew.w3 = bind_matrix(m, E + "w3", opts, pool, w, sl.lo, sl.hi);
-        ew.w2 = bind_columns(m, E + "w2", opts, w, sl.lo, sl.hi);
+        // This rank's share: hidden rows of w1/w3 and output rows of w2, each whole 16-row groups.
+        const int parts = opts.expert_parts(e, c.n_experts), part = opts.part(c.n_experts);
+        const std::string what = m.path + ": expert " + std::to_string(e);
+        ew.split = true;
+        ew.hid = expert_rows(c.ffn_dim, parts, part, what + " hidden size");
+        ew.out = expert_rows(c.dim, parts, part, what + " w2 rows (model dim)");
+        ew.w1 = bind_matrix(m, E + "w1", opts, pool, w, ew.hid.lo, ew.hid.hi);
+        ew.w3 = bind_matrix(m, E + "w3", opts, pool, w, ew.hid.lo, ew.hid.hi);
+        ew.w2 = bind_matrix(m, E + "w2", opts, pool, w, ew.out.lo, ew.out.hi);
         continue;
       }
       ew.w1 = mat(E + "w1");
