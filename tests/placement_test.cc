@@ -114,30 +114,28 @@ TEST(Placement, SplitsExpertsOverMoreRanksThanExperts) {
   EXPECT_TRUE(placed.owns_expert(3, 8));
 }
 
-TEST(Placement, SplitRowsAreWholeUnitsAndCoverTheExpert) {
-  EXPECT_EQ(mx::split_granule(mx::DType::BF16), 16);
-  EXPECT_EQ(mx::split_granule(mx::DType::Q8_0R16), 32);
-  EXPECT_EQ(mx::split_granule(mx::DType::Q4_K), 256);
-  const auto a = mx::expert_rows(14336, 2, 0, 32, "m"), b = mx::expert_rows(14336, 2, 1, 32, "m");
+TEST(Placement, SplitRowsAreWhole16RowGroupsAndCoverTheExpert) {
+  const auto a = mx::expert_rows(14336, 2, 0, "m"), b = mx::expert_rows(14336, 2, 1, "m");
   EXPECT_EQ(a.lo, 0);
   EXPECT_EQ(a.hi, 7168);
   EXPECT_EQ(b.lo, 7168);
   EXPECT_EQ(b.hi, 14336);
-  // Uneven: 8 units of 16 over 3 parts are 3+3+2.
-  EXPECT_EQ(mx::expert_rows(128, 3, 0, 16, "m").hi, 48);
-  EXPECT_EQ(mx::expert_rows(128, 3, 1, 16, "m").hi, 96);
-  EXPECT_EQ(mx::expert_rows(128, 3, 2, 16, "m").lo, 96);
-  EXPECT_EQ(mx::expert_rows(128, 3, 2, 16, "m").hi, 128);
-  auto error = [](int64_t ffn, int parts, int64_t g) {
+  EXPECT_EQ(mx::expert_rows(4096, 1, 0, "m").hi, 4096);  // one part: everything
+  // Uneven: 8 groups of 16 over 3 parts are 3+3+2.
+  EXPECT_EQ(mx::expert_rows(128, 3, 0, "m").hi, 48);
+  EXPECT_EQ(mx::expert_rows(128, 3, 1, "m").hi, 96);
+  EXPECT_EQ(mx::expert_rows(128, 3, 2, "m").lo, 96);
+  EXPECT_EQ(mx::expert_rows(128, 3, 2, "m").hi, 128);
+  auto error = [](int64_t n, int parts) {
     try {
-      mx::expert_rows(ffn, parts, 0, g, "tiny: expert 0");
+      mx::expert_rows(n, parts, 0, "tiny: hidden size");
     } catch (const std::exception& e) {
       return std::string(e.what());
     }
     return std::string("(no error)");
   };
-  EXPECT_NE(error(128, 9, 16).find("tiny: expert 0: its hidden size 128 has only 8 units of 16"), std::string::npos)
-      << error(128, 9, 16);
-  EXPECT_NE(error(100, 2, 16).find("not a multiple of 16"), std::string::npos) << error(100, 2, 16);
-  EXPECT_NE(error(128, 2, 256).find("not a multiple of 256"), std::string::npos);
+  EXPECT_NE(error(128, 9).find("tiny: hidden size 128 has only 8 16-row groups, too few to split over 9 ranks"),
+            std::string::npos)
+      << error(128, 9);
+  EXPECT_NE(error(100, 2).find("tiny: hidden size 100 is not a multiple of 16"), std::string::npos) << error(100, 2);
 }
