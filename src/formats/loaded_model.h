@@ -22,8 +22,8 @@ struct LoadOptions {
   // interleaved into memory of their own when the model is bound, as repack stores them.
   bool interleave = true;
   std::vector<int> owner{};  // empty: the default blocks; else one rank per expert
-  // More ranks than experts (default placement only): expert e is split by hidden rows over
-  // ranks e, e+E, e+2E, ...; rank r holds part r / E of expert r % E (formats/expert_split.h).
+  // More ranks than experts (default placement only): expert e is split over ranks e, e+E,
+  // e+2E, ...; rank r holds part r / E of expert r % E (formats/expert_split.h).
   bool splits(int n_experts) const { return owner.empty() && n_ranks > n_experts && n_experts > 0; }
   int expert_parts(int e, int n_experts) const {
     return splits(n_experts) ? (n_ranks - e + n_experts - 1) / n_experts : 1;

@@ -3,8 +3,8 @@
 #include <sys/mman.h>
 
 #include <algorithm>
-#include "formats/expert_split.h"
 
+#include "formats/expert_split.h"
 #include "kernels/quant_blocks.h"
 #include "kernels/thread_pool.h"
 
