@@ -117,8 +117,24 @@ run "$W/out" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" score --model "$MODEL" --cases
 [[ $RC != 0 && $RC != 124 ]] && grep -q "place.bad:2: expert 4 is already placed (line 1)" "$W/err" &&
   pass "bad placement file: clear error naming file and line" || fail "bad placement: exit $RC, $(head -3 "$W/err")"
 
-# ---- more ranks than experts ------------------------------------------------------------------
-# Each rank records its own exit code through a wrapper, to check that every one is non-zero
+# ---- more ranks than experts: each expert split over the ranks sharing it -----------------------
+# Rank r holds hidden rows (w1/w3) and output rows (w2) of expert r % 8; the hidden rows are
+# swapped within the expert's ranks, so every output is the float one process computes.
+for np in 9 12 16; do
+  run "$W/score.$np" "$W/err.$np" "${MPIRUN[@]}" -np $np "$BIN" score --model "$MODEL" --cases "$CASES"
+  exited_ok "score -np $np" "$W/err.$np"
+  same "score --cases, -np $np (experts split over ranks)" "$W/score.ref" "$W/score.$np"
+done
+run "$W/batch.16" "$W/err" "${MPIRUN[@]}" -np 16 "$BIN" generate --model "$MODEL" --prompts-file "$W/prompts.json" -n 12 --temperature 0 --json
+exited_ok "mixed-length batch -np 16" "$W/err"
+same "mixed-length batch, -np 16" "$W/batch.ref" "$W/batch.16"
+grep -q '^placement: rank 0 ([^)]*): expert 0 rows 0-63; .*rank 8 ([^)]*): expert 0 rows 64-127; rank 9 ([^)]*): expert 1 rows 64-127;' "$W/err.16" &&
+  pass "-np 16: placement shows each rank's rows" || fail "-np 16 placement line: $(grep placement "$W/err.16")"
+grep -q '; rank 7 ([^)]*): expert 7; rank 8 ([^)]*): expert 0 rows 64-127$' "$W/err.9" &&
+  pass "-np 9: only expert 0 split" || fail "-np 9 placement line: $(grep placement "$W/err.9")"
+
+# A placement file places whole experts: with more ranks than experts it is refused, naming the
+# file, and every rank exits non-zero. Each rank records its own exit code through a wrapper
 # (mpirun is told not to kill the others when the first one exits, so each gets to write it).
 cat >"$W/wrap.sh" <<EOF
 #!/usr/bin/env bash
@@ -135,12 +151,13 @@ ranks_failed() {
   "${MPIRUN[@]}" --mca orte_abort_on_non_zero_status 0 "$@" >/dev/null 2>&1
   [[ $(cat "$W"/rc.* 2>/dev/null | grep -cv '^0$') == "$n" ]]
 }
-run "$W/out" "$W/err" "${MPIRUN[@]}" -np 9 "$BIN" score --model "$MODEL" --cases "$CASES"
-if [[ $RC != 0 && $RC != 124 ]] && grep -q "9 ranks but only 8 experts" "$W/err" &&
-   ranks_failed 9 -np 9 "$W/wrap.sh" score --model "$MODEL" --cases "$CASES"; then
-  pass "-np 9: clear error, all 9 ranks exit non-zero (${SECS}s)"
+printf 'rank 0: 0-3\nrank 8: 4-7\n' >"$W/place9"
+run "$W/out" "$W/err" "${MPIRUN[@]}" -np 9 "$BIN" score --model "$MODEL" --cases "$CASES" --placement "$W/place9"
+if [[ $RC != 0 && $RC != 124 ]] && grep -q "place9: a placement file places whole experts, but this job has 9 ranks for 8 experts" "$W/err" &&
+   ranks_failed 9 -np 9 "$W/wrap.sh" score --model "$MODEL" --cases "$CASES" --placement "$W/place9"; then
+  pass "-np 9 with a placement file: clear error naming the file, all 9 ranks exit non-zero (${SECS}s)"
 else
-  fail "-np 9: exit $RC, rank exit codes: $(cat "$W"/rc.* 2>/dev/null | tr '\n' ' '), stderr: $(head -3 "$W/err")"
+  fail "-np 9 --placement: exit $RC, rank exit codes: $(cat "$W"/rc.* 2>/dev/null | tr '\n' ' '), stderr: $(head -3 "$W/err")"
 fi
 
 # ---- hosts that hold only their own files --------------------------------------------------------

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "formats/error.h"
+#include "formats/expert_split.h"
 #include "formats/loaded_model.h"
 #include "runtime/placement.h"
 
@@ -86,4 +87,55 @@ TEST(Placement, BadFilesNameTheLineAndTheProblem) {
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/p.txt: cannot open placement file"), std::string::npos);
   }
+}
+
+// More ranks than experts: expert e is split over ranks e, e+8, ...; rank r holds part r / 8.
+TEST(Placement, SplitsExpertsOverMoreRanksThanExperts) {
+  const LoadOptions nine{8, 9};
+  EXPECT_TRUE(nine.splits(8));
+  EXPECT_EQ(nine.expert_parts(0, 8), 2);
+  EXPECT_EQ(nine.expert_parts(1, 8), 1);
+  EXPECT_TRUE(nine.owns_expert(0, 8));
+  EXPECT_FALSE(nine.owns_expert(1, 8));
+  EXPECT_EQ(nine.part(8), 1);
+  EXPECT_FALSE((LoadOptions{0, 8}).splits(8));
+  for (int r = 0; r < 16; ++r) {
+    const LoadOptions lo{r, 16};
+    for (int e = 0; e < 8; ++e) {
+      EXPECT_EQ(lo.owns_expert(e, 8), e == r % 8);
+      EXPECT_EQ(lo.expert_parts(e, 8), 2);
+    }
+    EXPECT_EQ(lo.part(8), r / 8);
+  }
+  // A placement file never splits, whatever the rank count.
+  LoadOptions placed{3, 12};
+  placed.owner = {0, 1, 2, 3, 4, 5, 6, 7};
+  EXPECT_FALSE(placed.splits(8));
+  EXPECT_TRUE(placed.owns_expert(3, 8));
+}
+
+TEST(Placement, SplitRowsAreWhole16RowGroupsAndCoverTheExpert) {
+  const auto a = mx::expert_rows(14336, 2, 0, "m"), b = mx::expert_rows(14336, 2, 1, "m");
+  EXPECT_EQ(a.lo, 0);
+  EXPECT_EQ(a.hi, 7168);
+  EXPECT_EQ(b.lo, 7168);
+  EXPECT_EQ(b.hi, 14336);
+  EXPECT_EQ(mx::expert_rows(4096, 1, 0, "m").hi, 4096);  // one part: everything
+  // Uneven: 8 groups of 16 over 3 parts are 3+3+2.
+  EXPECT_EQ(mx::expert_rows(128, 3, 0, "m").hi, 48);
+  EXPECT_EQ(mx::expert_rows(128, 3, 1, "m").hi, 96);
+  EXPECT_EQ(mx::expert_rows(128, 3, 2, "m").lo, 96);
+  EXPECT_EQ(mx::expert_rows(128, 3, 2, "m").hi, 128);
+  auto error = [](int64_t n, int parts) {
+    try {
+      mx::expert_rows(n, parts, 0, "tiny: hidden size");
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_NE(error(128, 9).find("tiny: hidden size 128 has only 8 16-row groups, too few to split over 9 ranks"),
+            std::string::npos)
+      << error(128, 9);
+  EXPECT_NE(error(100, 2).find("tiny: hidden size 100 is not a multiple of 16"), std::string::npos) << error(100, 2);
 }

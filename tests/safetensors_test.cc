@@ -137,7 +137,13 @@ TEST(Checkpoint, UnevenRanksAndPlacements) {
   EXPECT_FALSE(m.store.has("layers.0.experts.5.w1"));
   EXPECT_TRUE(m.store.has("layers.0.experts.6.w1"));
   EXPECT_TRUE(m.store.has("layers.1.experts.7.w2"));
-  expect_error([] { load_model(test::data_path("tiny-mixtral/hf"), {0, 9}); }, {"9 ranks but only 8 experts"});
+  // More ranks than experts: rank 9 of 16 holds (part of) expert 1 only; too many to split is an error.
+  LoadedModel s = load_model(test::data_path("tiny-mixtral/hf"), {9, 16});
+  EXPECT_TRUE(s.store.has("layers.0.experts.1.w1"));
+  EXPECT_FALSE(s.store.has("layers.0.experts.0.w1"));
+  EXPECT_FALSE(s.store.has("layers.0.experts.2.w2"));
+  expect_error([] { load_model(test::data_path("tiny-mixtral/hf"), {0, 40}); },
+               {"40 ranks for 8 experts", "model dim) 64 has only 4 16-row groups"});
   LoadOptions lo{1, 2};
   lo.owner = {1, 0, 0, 0, 0, 0, 0, 1};
   LoadedModel p = load_model(test::data_path("tiny-mixtral/hf"), lo);

@@ -82,7 +82,14 @@ Engine open_engine(const EngineOptions& o) {
   e.pool = std::make_unique<ThreadPool>(o.threads > 0 ? o.threads : w.mpi ? ep::default_threads() : 0);
   LoadOptions lo{w.rank, w.size};
   lo.interleave = !o.no_interleave;
-  if (!o.placement.empty()) lo.owner = ep::read_placement_file(o.placement, w.size);
+  if (!o.placement.empty()) {
+    lo.owner = ep::read_placement_file(o.placement, w.size);
+    // A file places whole experts; only the default placement splits them by hidden rows.
+    if (w.size > static_cast<int>(lo.owner.size()))
+      fail(o.placement + ": a placement file places whole experts, but this job has " + std::to_string(w.size) +
+           " ranks for " + std::to_string(lo.owner.size()) + " experts; leave out --placement to split each "
+           "expert's hidden rows over the ranks, or use at most " + std::to_string(lo.owner.size()) + " ranks");
+  }
   const std::string path = w.mpi ? ep::model_path_for_rank(o.model, w.rank) : o.model;
   auto load = [&] {
     e.loaded = std::make_shared<LoadedModel>(load_model(path, lo));

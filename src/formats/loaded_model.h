@@ -22,9 +22,20 @@ struct LoadOptions {
   // interleaved into memory of their own when the model is bound, as repack stores them.
   bool interleave = true;
   std::vector<int> owner{};  // empty: the default blocks; else one rank per expert
-  bool owns_expert(int e, int n_experts) const { return expert_owner(e, n_experts) == rank; }
+  // More ranks than experts (default placement only): expert e is split over ranks e, e+E,
+  // e+2E, ...; rank r holds part r / E of expert r % E (formats/expert_split.h).
+  bool splits(int n_experts) const { return owner.empty() && n_ranks > n_experts && n_experts > 0; }
+  int expert_parts(int e, int n_experts) const {
+    return splits(n_experts) ? (n_ranks - e + n_experts - 1) / n_experts : 1;
+  }
+  int part(int n_experts) const { return splits(n_experts) ? rank / n_experts : 0; }
+  bool owns_expert(int e, int n_experts) const {
+    return splits(n_experts) ? rank % n_experts == e : expert_owner(e, n_experts) == rank;
+  }
+  // The rank holding expert e (with a split: the rank holding its first part).
   int expert_owner(int e, int n_experts) const {
     if (!owner.empty()) return e < static_cast<int>(owner.size()) ? owner[static_cast<size_t>(e)] : -1;
+    if (splits(n_experts)) return e;
     const int per = n_experts / n_ranks, extra = n_experts % n_ranks;
     // Ranks below `extra` hold per+1 experts, starting at r*(per+1).
     const int big = extra * (per + 1);

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "formats/error.h"
+#include "formats/expert_split.h"
 #include "formats/safetensors_checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -87,12 +88,17 @@ LoadedModel load_model(const std::string& path, const LoadOptions& opts) {
     if (static_cast<int>(opts.owner.size()) != E)
       fail(path + ": the placement places " + std::to_string(opts.owner.size()) + " experts but the model has " +
            std::to_string(E));
-  } else if (opts.n_ranks > E) {
-    // Splitting one expert over several ranks is not supported: extra ranks would hold nothing.
-    fail(path + ": " + std::to_string(opts.n_ranks) + " ranks but only " + std::to_string(E) +
-         " experts; use at most " + std::to_string(E) + " ranks");
   }
   check_tensors(m, opts);
+  if (opts.splits(E)) {
+    // More ranks than experts: this rank's share of its expert must be whole 16-row groups
+    // (checked here so that a bad rank count fails at start, naming the model).
+    const int e = opts.rank % E, parts = opts.expert_parts(e, E);
+    const std::string what = path + ": " + std::to_string(opts.n_ranks) + " ranks for " + std::to_string(E) +
+                             " experts split each expert over " + std::to_string(parts) + " ranks; its ";
+    expert_rows(m.config.ffn_dim, parts, opts.part(E), what + "hidden size");
+    expert_rows(m.config.dim, parts, opts.part(E), what + "output size (model dim)");
+  }
   return m;
 }
 

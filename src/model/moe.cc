@@ -46,6 +46,19 @@ MoeRouting route(const LayerWeights& lw, const float* x, int n_tokens, int top_k
   return r;
 }
 
+void expert_hidden(const ExpertWeights& ew, const float* xs, int n, std::vector<float>& h3, float* h,
+                   ThreadPool& pool) {
+  h3.resize(static_cast<size_t>(n) * static_cast<size_t>(ew.w1.rows));
+  const MatView w13[2] = {ew.w1, ew.w3};
+  float* const y13[2] = {h, h3.data()};
+  matmul_multi(w13, y13, 2, xs, n, pool);
+  ops::silu_mul(h, h3.data(), static_cast<int64_t>(h3.size()), h);
+}
+
+void expert_output(const ExpertWeights& ew, const float* h, int n, float* y, ThreadPool& pool) {
+  matmul(ew.w2, h, n, y, pool);
+}
+
 void run_local_experts(const LayerWeights& lw, const float* x, int dim, const MoeRouting& r,
                        float* y, ThreadPool& pool) {
   const int n_exp = static_cast<int>(lw.experts.size());
@@ -56,21 +69,16 @@ void run_local_experts(const LayerWeights& lw, const float* x, int dim, const Mo
   for (int e = 0; e < n_exp; ++e) {
     const ExpertWeights& ew = lw.experts[static_cast<size_t>(e)];
     const auto& ps = pairs[static_cast<size_t>(e)];
-    if (!ew.present || ps.empty()) continue;  // unused experts cost nothing
+    if (!ew.present || ew.split || ps.empty()) continue;  // unused experts cost nothing
     const int n = static_cast<int>(ps.size());
-    const int ffn = static_cast<int>(ew.w1.rows);
     xs.resize(static_cast<size_t>(n) * dim);
     for (int i = 0; i < n; ++i)
       std::copy_n(x + static_cast<size_t>(ps[static_cast<size_t>(i)] / r.top_k) * dim, dim,
                   xs.data() + static_cast<size_t>(i) * dim);
-    h1.resize(static_cast<size_t>(n) * ffn);
-    h3.resize(h1.size());
-    const MatView w13[2] = {ew.w1, ew.w3};
-    float* const y13[2] = {h1.data(), h3.data()};
-    matmul_multi(w13, y13, 2, xs.data(), n, pool);
-    ops::silu_mul(h1.data(), h3.data(), static_cast<int64_t>(h1.size()), h1.data());
+    h1.resize(static_cast<size_t>(n) * static_cast<size_t>(ew.w1.rows));
+    expert_hidden(ew, xs.data(), n, h3, h1.data(), pool);
     out.resize(static_cast<size_t>(n) * dim);
-    matmul(ew.w2, h1.data(), n, out.data(), pool);
+    expert_output(ew, h1.data(), n, out.data(), pool);
     for (int i = 0; i < n; ++i)
       std::copy_n(out.data() + static_cast<size_t>(i) * dim, dim,
                   y + static_cast<size_t>(ps[static_cast<size_t>(i)]) * dim);

@@ -24,11 +24,18 @@ struct MoeRouting {
 MoeRouting route(const LayerWeights& lw, const float* x, int n_tokens, int top_k,
                  ThreadPool& pool);
 
-// Runs the experts this process holds (lw.experts[e].present) over their routed tokens and
-// writes y[(t*top_k + j) * dim] for each (t, j) whose expert is held. Rows of other experts are
-// left untouched.
+// Runs the experts this process holds whole (lw.experts[e].present, not split) over their routed
+// tokens and writes y[(t*top_k + j) * dim] for each (t, j) whose expert is held. Rows of other
+// experts are left untouched.
 void run_local_experts(const LayerWeights& lw, const float* x, int dim, const MoeRouting& r,
                        float* y, ThreadPool& pool);
+
+// The two halves of one expert over n gathered rows xs [n, dim]: the hidden activations
+// h = silu(w1·xs) ⊙ (w3·xs) [n, w1.rows], and y = w2·h [n, w2.rows]. run_local_experts is
+// expert_output(expert_hidden(...)); a split expert runs them with an exchange in between.
+void expert_hidden(const ExpertWeights& ew, const float* xs, int n, std::vector<float>& h3, float* h,
+                   ThreadPool& pool);
+void expert_output(const ExpertWeights& ew, const float* h, int n, float* y, ThreadPool& pool);
 
 // How expert outputs are produced for a layer: locally, or across MPI ranks
 // (runtime/expert_parallel.cc). Must fill every y row.

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "formats/expert_split.h"
 #include "formats/loaded_model.h"
 #include "kernels/mat_view.h"
 
@@ -17,6 +18,10 @@ struct ExpertWeights {
   bool present = false;  // false for experts owned by another rank
   MatView w1, w3;        // [ffn, dim]
   MatView w2;            // [dim, ffn]
+  // Split over ranks (more ranks than experts, formats/expert_split.h): this rank holds hidden
+  // rows [hid.lo, hid.hi) of w1/w3 and output rows [out.lo, out.hi) of w2 (all its columns).
+  bool split = false;
+  RowSlice hid, out;
 };
 
 struct LayerWeights {

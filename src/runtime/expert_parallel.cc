@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "formats/error.h"
+#include "formats/expert_split.h"
 #include "formats/model_loader.h"
 #include "kernels/matmul.h"
 #include "kernels/thread_pool.h"
@@ -44,7 +45,6 @@ struct Runtime {
   World world;
   MPI_Comm ctrl = MPI_COMM_NULL;  // rank 0's control messages
   MPI_Comm data = MPI_COMM_NULL;  // per-layer expert exchange
-  std::vector<std::pair<int, MPI_Datatype>> row_types;  // contiguous dim floats, by dim
   CommStats stats;
   bool timing = false;      // MIXTRAL_EP_TIMING=1
   bool check_routing = false;  // MIXTRAL_EP_CHECK=1
@@ -62,6 +62,12 @@ struct Runtime {
   std::vector<MPI_Request> reqs;
   LoadOptions load;               // this rank's, with the placement rank 0 sent
   std::vector<int> owner;         // expert -> rank, filled when a model is attached
+  // expert -> the ranks holding its parts, ascending (one rank unless experts are split)
+  std::vector<std::vector<int>> holders;
+  // With more ranks than experts: each rank's hidden rows and w2 output rows of its expert.
+  std::vector<RowSlice> hid_of, out_of;
+  std::vector<float> xs, h_mine, h3, h_full, y_part;  // a split expert's scratch
+  std::vector<std::vector<float>> h_peer;              // its peers' hidden rows, by group index
   std::vector<std::string> hosts; // each rank's hostname
   double timeout_s = 5;           // MIXTRAL_EP_TIMEOUT: longest wait for a peer's expert rows
   double layer_t0 = 0;            // when this rank began the current layer's work
@@ -99,17 +105,6 @@ double status_mb(const char* key) {
   while (std::getline(f, line))
     if (line.compare(0, n, key) == 0) return std::stod(line.substr(n)) / 1024.0;
   return 0;
-}
-
-MPI_Datatype row_type(int dim) {
-  Runtime& r = rt();
-  for (const auto& [d, t] : r.row_types)
-    if (d == dim) return t;
-  MPI_Datatype t;
-  check(MPI_Type_contiguous(dim, MPI_FLOAT, &t), "MPI_Type_contiguous");
-  check(MPI_Type_commit(&t), "MPI_Type_commit");
-  r.row_types.push_back({dim, t});
-  return t;
 }
 
 // Local rank i of n gets CPUs [i*k, (i+1)*k) with k = online CPUs / n; all of them when the
@@ -170,36 +165,30 @@ Header recv_msg(std::vector<char>* payload) {
 
 // ---- the per-layer exchange -----------------------------------------------------------------
 
-// Every rank sends its rows (r.buf at its displacement) to every other rank and receives theirs
-// into place: an allgather, written as point-to-point messages so that a peer that stops
-// answering (dead host, link down) is noticed after r.timeout_s and named, instead of
-// blocking a collective forever. Only data moves, so results are unchanged.
-void all_to_all_rows(int layer, int dim) {
+// One peer's share of an exchange: `count` floats at `data`, sent to or received from `peer`.
+struct Piece {
+  int peer;
+  float* data;
+  int count;
+};
+
+// Posts every receive and send at once and waits for all of them: written as point-to-point
+// messages so that a peer that stops answering (dead host, link down) is noticed after
+// r.timeout_s and named, instead of blocking a collective forever. Only data moves, so results
+// are unchanged.
+void exchange_floats(int layer, const std::vector<Piece>& recvs, const std::vector<Piece>& sends, int tag) {
   Runtime& r = rt();
-  const int N = r.world.size, me = r.world.rank;
-  const MPI_Datatype t = row_type(dim);
-  const size_t row = static_cast<size_t>(dim);
+  const int N = r.world.size;
   r.reqs.clear();
-  std::vector<int> from;  // the peer each receive request waits for
-  for (int q = 0; q < N; ++q) {
-    const int n = r.counts[static_cast<size_t>(q)];
-    if (q == me || n == 0) continue;
+  for (const Piece& p : recvs) {
     r.reqs.emplace_back();
-    from.push_back(q);
-    check(MPI_Irecv(r.buf.data() + static_cast<size_t>(r.displs[static_cast<size_t>(q)]) * row, n, t, q, 7,
-                    r.data, &r.reqs.back()),
-          "MPI_Irecv (expert outputs)");
+    check(MPI_Irecv(p.data, p.count, MPI_FLOAT, p.peer, tag, r.data, &r.reqs.back()), "MPI_Irecv (expert outputs)");
   }
   const size_t n_recv = r.reqs.size();
-  const int mine = r.counts[static_cast<size_t>(me)];
-  if (mine > 0)
-    for (int q = 0; q < N; ++q) {
-      if (q == me) continue;
-      r.reqs.emplace_back();
-      check(MPI_Isend(r.buf.data() + static_cast<size_t>(r.displs[static_cast<size_t>(me)]) * row, mine, t, q, 7,
-                      r.data, &r.reqs.back()),
-            "MPI_Isend (expert outputs)");
-    }
+  for (const Piece& p : sends) {
+    r.reqs.emplace_back();
+    check(MPI_Isend(p.data, p.count, MPI_FLOAT, p.peer, tag, r.data, &r.reqs.back()), "MPI_Isend (expert outputs)");
+  }
   const double t0 = now_s();
   // A peer may legitimately need longer than this rank for the same layer (a long prefill
   // chunk, routing that sends it more pairs): wait at least 2N times this rank's own work.
@@ -208,10 +197,7 @@ void all_to_all_rows(int layer, int dim) {
   for (long spins = 0;; ++spins) {
     check(MPI_Testall(static_cast<int>(r.reqs.size()), r.reqs.data(), &done, MPI_STATUSES_IGNORE),
           "MPI_Testall (expert outputs)");
-    if (done) {
-      r.layer_t0 = now_s();
-      return;
-    }
+    if (done) return;
     if ((spins & 255) == 0 && now_s() - t0 > limit) break;
   }
   // Name the peers whose rows never came (or that never took ours).
@@ -220,7 +206,7 @@ void all_to_all_rows(int layer, int dim) {
     int ok = 0;
     if (r.reqs[k] != MPI_REQUEST_NULL) MPI_Request_get_status(r.reqs[k], &ok, MPI_STATUS_IGNORE);
     if (r.reqs[k] == MPI_REQUEST_NULL || ok || k >= n_recv) continue;
-    const int q = from[k];
+    const int q = recvs[k].peer;
     who += (who.empty() ? "" : ", ") + ("rank " + std::to_string(q) + " on host " + host_of(q));
   }
   if (who.empty()) who = "a rank that did not take this rank's rows";
@@ -230,24 +216,105 @@ void all_to_all_rows(int layer, int dim) {
             " s; that host is down or unreachable (MIXTRAL_EP_TIMEOUT sets the wait)");
 }
 
+// With more ranks than experts this rank holds part of one expert: hidden rows [hid.lo, hid.hi)
+// of w1/w3 and output rows [out.lo, out.hi) of w2. It computes its hidden rows for the expert's
+// pairs, swaps them with the expert's other ranks (every rank routes alike, so all of them know
+// the pairs), and runs its w2 rows over the whole hidden vector: each output float is the one a
+// single process computes (matmul.h: y[t, o] depends only on W row o and x row t). The result
+// goes to y at the pair's columns [out.lo, out.hi); exchange() spreads the pieces.
+void run_split_expert(const LayerWeights& lw, int layer, const float* x, int dim, const MoeRouting& route,
+                      float* y, ThreadPool& pool) {
+  Runtime& r = rt();
+  const int me = r.world.rank, E = static_cast<int>(lw.experts.size());
+  if (E == 0 || !r.load.splits(E)) return;
+  const int e = me % E;
+  const ExpertWeights& ew = lw.experts[static_cast<size_t>(e)];
+  if (!ew.present || !ew.split) return;
+  std::vector<int> ps;
+  for (int i = 0; i < route.n_tokens * route.top_k; ++i)
+    if (route.expert[static_cast<size_t>(i)] == e) ps.push_back(i);
+  const int n = static_cast<int>(ps.size());
+  if (n == 0) return;
+  r.xs.resize(static_cast<size_t>(n) * dim);
+  for (int k = 0; k < n; ++k)
+    std::memcpy(r.xs.data() + static_cast<size_t>(k) * dim, x + static_cast<size_t>(ps[static_cast<size_t>(k)] / route.top_k) * dim,
+                static_cast<size_t>(dim) * sizeof(float));
+  const int64_t w_me = ew.hid.hi - ew.hid.lo;
+  r.h_mine.resize(static_cast<size_t>(n * w_me));
+  expert_hidden(ew, r.xs.data(), n, r.h3, r.h_mine.data(), pool);
+
+  const std::vector<int>& group = r.holders[static_cast<size_t>(e)];
+  r.h_peer.resize(group.size());
+  std::vector<Piece> recvs, sends;
+  for (size_t g = 0; g < group.size(); ++g) {
+    const int q = group[g];
+    if (q == me) continue;
+    const RowSlice& hq = r.hid_of[static_cast<size_t>(q)];
+    r.h_peer[g].resize(static_cast<size_t>(n * (hq.hi - hq.lo)));
+    recvs.push_back({q, r.h_peer[g].data(), static_cast<int>(r.h_peer[g].size())});
+    sends.push_back({q, r.h_mine.data(), static_cast<int>(r.h_mine.size())});
+  }
+  const double t0 = now_s();
+  exchange_floats(layer, recvs, sends, 8);
+  r.stats.seconds += now_s() - t0;
+  r.stats.bytes_sent += static_cast<uint64_t>(r.h_mine.size()) * sizeof(float) * sends.size();
+  const int64_t ffn = r.hid_of.empty() ? 0 : ew.w2.cols;
+  r.h_full.resize(static_cast<size_t>(n * ffn));
+  for (size_t g = 0; g < group.size(); ++g) {
+    const int q = group[g];
+    const RowSlice& hq = r.hid_of[static_cast<size_t>(q)];
+    const int64_t w = hq.hi - hq.lo;
+    const float* src = q == me ? r.h_mine.data() : r.h_peer[g].data();
+    if (q != me) r.stats.bytes_received += static_cast<uint64_t>(n * w) * sizeof(float);
+    for (int k = 0; k < n; ++k)
+      std::memcpy(r.h_full.data() + static_cast<size_t>(k * ffn + hq.lo), src + static_cast<size_t>(k * w),
+                  static_cast<size_t>(w) * sizeof(float));
+  }
+  const int64_t w_out = ew.out.hi - ew.out.lo;
+  r.y_part.resize(static_cast<size_t>(n * w_out));
+  expert_output(ew, r.h_full.data(), n, r.y_part.data(), pool);
+  for (int k = 0; k < n; ++k)
+    std::memcpy(y + static_cast<size_t>(ps[static_cast<size_t>(k)]) * dim + ew.out.lo,
+                r.y_part.data() + static_cast<size_t>(k * w_out), static_cast<size_t>(w_out) * sizeof(float));
+}
+
 // Every rank holds the same hidden states and routing, so every rank knows which rows each
-// rank computes and in which order: rank q contributes the rows i (= t*top_k + j) whose expert
-// it owns, in ascending i. all_to_all_rows then leaves every y row on every rank.
+// rank computes and in which order: rank q contributes, for the pairs i (= t*top_k + j) whose
+// expert it holds, in ascending i, that pair's y row (or, for an expert split over ranks, its
+// piece of the row: columns out_of[q]). exchange_floats then leaves every y row whole on every
+// rank.
 void exchange(const Model& m, int layer, const MoeRouting& route, int dim, float* y) {
   Runtime& r = rt();
   const int N = r.world.size, me = r.world.rank;
-  const std::vector<int>& owner = r.owner;
+  const std::vector<std::vector<int>>& holders = r.holders;
   const int P = route.n_tokens * route.top_k;
+  auto held_by = [&](int i) -> const std::vector<int>& {
+    return holders[static_cast<size_t>(route.expert[static_cast<size_t>(i)])];
+  };
+  // The columns of a y row rank q computes for a pair held by `h`: all of them unless split.
+  auto piece = [&](const std::vector<int>& h, int q) {
+    return h.size() == 1 ? RowSlice{0, dim} : r.out_of[static_cast<size_t>(q)];
+  };
   r.counts.assign(static_cast<size_t>(N), 0);
-  for (int i = 0; i < P; ++i) ++r.counts[static_cast<size_t>(owner[static_cast<size_t>(route.expert[static_cast<size_t>(i)])])];
+  size_t total = 0;
+  for (int i = 0; i < P; ++i)
+    for (int q : held_by(i)) {
+      const RowSlice c = piece(held_by(i), q);
+      r.counts[static_cast<size_t>(q)] += static_cast<int>(c.hi - c.lo);
+      total += static_cast<size_t>(c.hi - c.lo);
+    }
   r.displs.assign(static_cast<size_t>(N), 0);
   for (int q = 1; q < N; ++q) r.displs[static_cast<size_t>(q)] = r.displs[static_cast<size_t>(q - 1)] + r.counts[static_cast<size_t>(q - 1)];
-  r.buf.resize(static_cast<size_t>(P) * static_cast<size_t>(dim));
+  r.buf.resize(total);
   const size_t row = static_cast<size_t>(dim);
-  float* mine = r.buf.data() + static_cast<size_t>(r.displs[static_cast<size_t>(me)]) * row;
-  for (int i = 0, k = 0; i < P; ++i)
-    if (owner[static_cast<size_t>(route.expert[static_cast<size_t>(i)])] == me)
-      std::memcpy(mine + static_cast<size_t>(k++) * row, y + static_cast<size_t>(i) * row, row * sizeof(float));
+  float* mine = r.buf.data() + static_cast<size_t>(r.displs[static_cast<size_t>(me)]);
+  for (int i = 0; i < P; ++i) {
+    const std::vector<int>& h = held_by(i);
+    if (std::find(h.begin(), h.end(), me) == h.end()) continue;
+    const RowSlice c = piece(h, me);
+    std::memcpy(mine, y + static_cast<size_t>(i) * row + c.lo, static_cast<size_t>(c.hi - c.lo) * sizeof(float));
+    mine += c.hi - c.lo;
+  }
 
   if (r.check_routing) {
     // Diverging ranks (e.g. hosts with different math libraries) would silently exchange
@@ -268,21 +335,32 @@ void exchange(const Model& m, int layer, const MoeRouting& route, int dim, float
     r.stats.wait_seconds += now_s() - t0;
   }
   const double t0 = now_s();
-  all_to_all_rows(layer, dim);
+  std::vector<Piece> recvs, sends;
+  const int own = r.counts[static_cast<size_t>(me)];
+  for (int q = 0; q < N; ++q) {
+    if (q == me) continue;
+    const int n = r.counts[static_cast<size_t>(q)];
+    if (n > 0) recvs.push_back({q, r.buf.data() + r.displs[static_cast<size_t>(q)], n});
+    if (own > 0) sends.push_back({q, r.buf.data() + r.displs[static_cast<size_t>(me)], own});
+  }
+  exchange_floats(layer, recvs, sends, 7);
+  r.layer_t0 = now_s();
   r.stats.seconds += now_s() - t0;
   ++r.stats.calls;
-  const uint64_t row_bytes = row * sizeof(float);
-  const uint64_t own = static_cast<uint64_t>(r.counts[static_cast<size_t>(me)]);
-  r.stats.bytes_sent += own * row_bytes * static_cast<uint64_t>(N - 1);
-  r.stats.bytes_received += (static_cast<uint64_t>(P) - own) * row_bytes;
+  r.stats.bytes_sent += static_cast<uint64_t>(own) * sizeof(float) * static_cast<uint64_t>(N - 1);
+  r.stats.bytes_received += (static_cast<uint64_t>(total) - static_cast<uint64_t>(own)) * sizeof(float);
 
   r.cursor = r.displs;
   for (int i = 0; i < P; ++i) {
-    const int q = owner[static_cast<size_t>(route.expert[static_cast<size_t>(i)])];
-    const int at = r.cursor[static_cast<size_t>(q)]++;
-    if (q != me)
-      std::memcpy(y + static_cast<size_t>(i) * row, r.buf.data() + static_cast<size_t>(at) * row,
-                  row * sizeof(float));
+    const std::vector<int>& h = held_by(i);
+    for (int q : h) {
+      const RowSlice c = piece(h, q);
+      const int at = r.cursor[static_cast<size_t>(q)];
+      r.cursor[static_cast<size_t>(q)] += static_cast<int>(c.hi - c.lo);
+      if (q != me)
+        std::memcpy(y + static_cast<size_t>(i) * row + c.lo, r.buf.data() + at,
+                    static_cast<size_t>(c.hi - c.lo) * sizeof(float));
+    }
   }
 }
 
@@ -301,11 +379,29 @@ void run_test_hooks(int layer, int n_layers) {
 void install_runner(Model& m, ThreadPool& pool) {
   Model* raw = &m;
   Runtime& r = rt();
-  r.owner.resize(static_cast<size_t>(m.config.n_experts));
-  for (int e = 0; e < m.config.n_experts; ++e)
-    r.owner[static_cast<size_t>(e)] = r.load.expert_owner(e, m.config.n_experts);
+  const int E = m.config.n_experts;
+  r.owner.resize(static_cast<size_t>(E));
+  r.holders.assign(static_cast<size_t>(E), {});
+  for (int e = 0; e < E; ++e) {
+    r.owner[static_cast<size_t>(e)] = r.load.expert_owner(e, E);
+    // Parts of a split expert are held by ranks e, e+E, ... (LoadOptions), ascending.
+    for (int p = 0; p < r.load.expert_parts(e, E); ++p) r.holders[static_cast<size_t>(e)].push_back(r.load.expert_owner(e, E) + p * E);
+  }
+  // Every rank's share of its expert, the same arithmetic as bind_weights.
+  r.hid_of.clear();
+  r.out_of.clear();
+  if (r.load.splits(E))
+    for (int q = 0; q < r.world.size; ++q) {
+      LoadOptions lq = r.load;
+      lq.rank = q;
+      const int parts = lq.expert_parts(q % E, E);
+      r.hid_of.push_back(expert_rows(m.config.ffn_dim, parts, lq.part(E), "hidden size"));
+      r.out_of.push_back(expert_rows(m.config.dim, parts, lq.part(E), "model dim"));
+    }
   m.experts = [raw, &pool](int layer, const float* x, int dim, const MoeRouting& route, float* y) {
-    run_local_experts(raw->weights.layers[static_cast<size_t>(layer)], x, dim, route, y, pool);
+    const LayerWeights& lw = raw->weights.layers[static_cast<size_t>(layer)];
+    run_local_experts(lw, x, dim, route, y, pool);
+    run_split_expert(lw, layer, x, dim, route, y, pool);
     run_test_hooks(layer, raw->config.n_layers);
     exchange(*raw, layer, route, dim, y);
     Runtime& rr = rt();
@@ -706,8 +802,20 @@ void open_end(const Model* m, const std::string& local_error) {
   std::vector<int> owner(static_cast<size_t>(E));
   for (int e = 0; e < E; ++e) owner[static_cast<size_t>(e)] = r.load.expert_owner(e, E);
   std::string line = "placement:";
-  for (int q = 0; q < r.world.size; ++q)
-    line += (q ? "; rank " : " rank ") + std::to_string(q) + " (" + host_of(q) + "): experts " + experts_of(owner, q);
+  if (r.load.splits(E)) {
+    // Rank q holds hidden rows (w1/w3 rows) of expert q % E, and as many w2 rows.
+    for (int q = 0; q < r.world.size; ++q) {
+      LoadOptions lq = r.load;
+      lq.rank = q;
+      const int e = q % E;
+      const RowSlice sl = expert_rows(m->config.ffn_dim, lq.expert_parts(e, E), lq.part(E), "hidden size");
+      line += (q ? "; rank " : " rank ") + std::to_string(q) + " (" + host_of(q) + "): expert " + std::to_string(e);
+      if (lq.expert_parts(e, E) > 1) line += " rows " + std::to_string(sl.lo) + "-" + std::to_string(sl.hi - 1);
+    }
+  } else {
+    for (int q = 0; q < r.world.size; ++q)
+      line += (q ? "; rank " : " rank ") + std::to_string(q) + " (" + host_of(q) + "): experts " + experts_of(owner, q);
+  }
   std::fprintf(stderr, "%s\n", line.c_str());
 }
 

@@ -2,7 +2,8 @@
 // and gives the same bits as one process (docs/distributed.md).
 //
 //   Rank r maps only its experts (LoadOptions: contiguous blocks, 3 ranks of 8 get 3+3+2, or a
-//   --placement file); embeddings, attention, norms, routers and the
+//   --placement file; with N > 8, part r / 8 of expert r % 8, formats/expert_split.h, whose
+//   ranks swap hidden activations before w2); embeddings, attention, norms, routers and the
 //   LM head are replicated, and so is the KV cache (every rank runs attention for every token).
 //   Rank 0 runs the command: tokenization, scheduling, sampling and all I/O. Every forward() it
 //   makes first sends the step (cache identity, each chunk's slot, start and tokens) to the
