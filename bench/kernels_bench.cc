@@ -14,6 +14,7 @@
 #include "kernels/ceilings.h"
 #include "kernels/half.h"
 #include "kernels/matmul.h"
+#include "kernels/ops.h"
 #include "kernels/quant_blocks.h"
 #include "kernels/thread_pool.h"
 
@@ -164,6 +165,33 @@ MX_SHAPES(DType::Q6_K, q6_k)
 MX_SHAPES(DType::Q4_KR16, q4_kr16)
 MX_SHAPES(DType::Q5_KR16, q5_kr16)
 MX_SHAPES(DType::Q6_KR16, q6_kr16)
+
+// Decode attention alone: one query token, Mixtral's 32 query / 8 kv heads of 128, an f16 cache
+// of N positions, all 8 kv heads on one thread (process CPU time). pos_heads/s = N * 8 / time:
+// the kernel's cost per cached position and kv head (4 query heads each), without the pool.
+void BM_attention_decode(benchmark::State& state) {
+  const int nkv = 8, nh = 32, hd = 128, n = static_cast<int>(state.range(0));
+  const size_t rb = static_cast<size_t>(nkv) * hd * 2;
+  std::vector<uint8_t> k(rb * n), v(rb * n);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  for (size_t i = 0; i + 1 < k.size(); i += 2) {
+    const uint16_t a = f32_to_f16(u(rng)), b = f32_to_f16(u(rng));
+    std::memcpy(&k[i], &a, 2);
+    std::memcpy(&v[i], &b, 2);
+  }
+  std::vector<float> q(static_cast<size_t>(nh) * hd), out(q.size());
+  for (float& f : q) f = 0.1f * u(rng);
+  const ops::KvRows kr{DType::F16, k.data(), rb}, vr{DType::F16, v.data(), rb};
+  for (auto _ : state) {
+    ops::attention(q.data(), kr, vr, n, nh, nkv, hd, 0.0884f, out.data(), 0, nkv);
+    benchmark::ClobberMemory();
+  }
+  state.counters["pos_heads/s"] = benchmark::Counter(
+      static_cast<double>(state.iterations()) * n * nkv, benchmark::Counter::kIsRate);
+  state.SetLabel(simd_path_name(simd_path()));
+}
+BENCHMARK(BM_attention_decode)->Arg(256)->Arg(4096)->Arg(16384)->Unit(benchmark::kMicrosecond)->MeasureProcessCPUTime();
 
 void BM_ceilings(benchmark::State& state) {
   double bw = 0, i8 = 0, bf = 0;
