@@ -61,10 +61,10 @@ struct Runtime {
   // after hurry_wait seconds instead of timeout_s (mpirun kills rank 0 about 1 s after a rank dies).
   std::atomic<double> hurry_t{0};
   double hurry_wait = 0;
-  // Rank 0's exchange, as check_peers sees it from another thread: when it last polled MPI
-  // (0: not waiting in an exchange) and whose rows it still waited for then. A poll that stops
-  // means the thread is stuck inside MPI (OpenMPI aborts a process from within when a TCP peer
-  // disconnects), so check_peers names those peers itself.
+  // Rank 0's waits on peers inside a step (the step message, the exchange), as check_peers
+  // sees them from another thread: when it last polled MPI (0: not waiting) and whom it waited
+  // for then. A poll that stops means the thread is stuck inside MPI (OpenMPI blocks in its own
+  // abort when a TCP peer disconnects, or in a send to a dead peer), so check_peers names them.
   std::atomic<double> exchange_poll_t{0};
   std::string exchange_missing;  // guarded by mu
   std::vector<std::pair<int, MPI_Datatype>> row_types;  // contiguous dim floats, by dim
@@ -150,20 +150,44 @@ void share_host_cpus(int local_rank, int local_size) {
 
 // ---- control channel ------------------------------------------------------------------------
 
+void note_wait(std::string who);
+
 void send_msg(int64_t type, const std::vector<char>& payload, int64_t a = 0, int64_t b = 0) {
   Runtime& r = rt();
   // The others are still inside a step rank 0 abandoned (an exception between layers).
   if (r.step_open) abort_job("a step failed between layers while the other ranks were in it");
   Header h{type, static_cast<int64_t>(payload.size()), a, b};
+  // A broadcast does not say which rank it still waits for: all of them, for check_peers.
+  std::string everyone;
+  for (int q = 1; q < r.world.size; ++q)
+    everyone += (everyone.empty() ? "" : ", ") + ("rank " + std::to_string(q) + " on host " + host_of(q));
+  if (r.world.size > 2) everyone = "one of " + everyone;
+  note_wait(everyone);
   // Followers wait with a non-blocking broadcast (so they can sleep), and MPI requires the
   // root to match it with a non-blocking one too.
   MPI_Request req;
   check(MPI_Ibcast(&h, 4, MPI_INT64_T, 0, r.ctrl, &req), "MPI_Ibcast (control header)");
-  check(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait (control header)");
+  const double t0 = now_s();
+  int done = 0;
+  for (long spins = 0;; ++spins) {
+    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test (control header)");
+    if (done) break;
+    if ((spins & 255) == 0) {
+      const double t = now_s(), hurry = r.hurry_t.load();
+      r.exchange_poll_t = t;
+      if (t - t0 > r.timeout_s || (hurry > 0 && t - hurry > r.hurry_wait)) {
+        char secs[32];
+        std::snprintf(secs, sizeof secs, "%.3g", t - t0);
+        abort_job("the step message did not reach " + everyone + " for " + secs +
+                  " s; that host is down or unreachable (MIXTRAL_EP_TIMEOUT sets the wait)");
+      }
+    }
+  }
   if (!payload.empty())
     check(MPI_Bcast(const_cast<char*>(payload.data()), static_cast<int>(payload.size()), MPI_BYTE,
                     0, r.ctrl),
           "MPI_Bcast (control payload)");
+  r.exchange_poll_t = 0;
 }
 
 // A follower answers rank 0's liveness ping (check_peers) while it idles between steps.
@@ -260,16 +284,17 @@ std::string missing_peers(size_t n_recv, const std::vector<int>& from) {
   return who;
 }
 
-// Rank 0: records that the exchange is alive and whom it waits for (see exchange_poll_t).
-void note_exchange(size_t n_recv, const std::vector<int>& from) {
+// Rank 0: records that a wait on peers is alive and whom it waits for (see exchange_poll_t).
+void note_wait(std::string who) {
   Runtime& r = rt();
-  std::string who = missing_peers(n_recv, from);
   {
     std::lock_guard lk(r.mu);
     r.exchange_missing.swap(who);
   }
   r.exchange_poll_t = now_s();
 }
+
+void note_exchange(size_t n_recv, const std::vector<int>& from) { note_wait(missing_peers(n_recv, from)); }
 
 // Every rank sends its rows (r.buf at its displacement) to every other rank and receives theirs
 // into place: an allgather, written as point-to-point messages so that a peer that stops
@@ -974,7 +999,7 @@ std::string check_peers(double wait_s) {
     r.cv.wait_for(lk, std::chrono::milliseconds(20));
     const double t = now_s(), poll = r.exchange_poll_t.load();
     if (r.stepping && poll > 0 && t - poll > wait_s && !r.exchange_missing.empty())
-      return r.exchange_missing + " (the exchange of expert rows stopped inside MPI)";
+      return r.exchange_missing + " (rank 0 is stuck inside MPI waiting for it)";
     if (t - t0 > r.timeout_s + wait_s) {
       r.hurry_t = 0;
       return "";
