@@ -61,7 +61,7 @@ struct Runtime {
   // after hurry_wait seconds instead of timeout_s (mpirun kills rank 0 about 1 s after a rank dies).
   std::atomic<double> hurry_t{0};
   double hurry_wait = 0;
-  // Rank 0's waits on peers inside a step (the step message, the exchange), as check_peers
+  // Rank 0's waits on peers inside a step (the control message, the exchange), as check_peers
   // sees them from another thread: when it last polled MPI (0: not waiting) and whom it waited
   // for then. A poll that stops means the thread is stuck inside MPI (OpenMPI blocks in its own
   // abort when a TCP peer disconnects, or in a send to a dead peer), so check_peers names them.
@@ -178,7 +178,7 @@ void send_msg(int64_t type, const std::vector<char>& payload, int64_t a = 0, int
       if (t - t0 > r.timeout_s || (hurry > 0 && t - hurry > r.hurry_wait)) {
         char secs[32];
         std::snprintf(secs, sizeof secs, "%.3g", t - t0);
-        abort_job("the step message did not reach " + everyone + " for " + secs +
+        abort_job("rank 0's control message did not reach " + everyone + " for " + secs +
                   " s; that host is down or unreachable (MIXTRAL_EP_TIMEOUT sets the wait)");
       }
     }
