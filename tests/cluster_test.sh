@@ -3,7 +3,7 @@
 # each rank has its own network stack, hostname and address, and ranks talk over TCP only
 # (btl tcp,self). Output must equal one process byte for byte, for 2, 3, 4 and 6 hosts, with
 # a placement file, and over shaped links; a host that dies or drops its link ends the job
-# within seconds, naming it.
+# within seconds, naming it; `serve` first answers its requests with a 503 naming it.
 # Without root or `ip netns` it prints SKIP and exits 77 (registered as ctest's skip code).
 # Usage (ctest): bash tests/cluster_test.sh <mixtral-binary> <source-dir>
 set -u -o pipefail
@@ -216,6 +216,46 @@ if cluster_up 3; then
   cluster_down
 else
   fail "could not make 3 hosts for the fault checks"
+fi
+
+# ---- serve loses a host's link: its requests get a 503 naming the host, serve exits non-zero ------
+if cluster_up 2; then
+  rm -f "$W/serve.out" "$W/serve.rc"
+  (cluster_mpirun -np 2 "$BIN" serve --model "$MODEL" --port 0 --threads 1 >"$W/serve.out" 2>"$W/serve.err"
+   echo $? >"$W/serve.rc") &
+  job=$!
+  port=
+  for _ in $(seq 300); do
+    port=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$W/serve.out" | head -1)
+    [[ -n $port ]] && break
+    sleep 0.1
+  done
+  if [[ -n $port ]]; then
+    cluster_exec 0 curl -s -N --max-time 30 "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+      -d '{"prompt":"Once upon a time","max_tokens":4000,"stream":true}' -o "$W/req.stream" &
+    c1=$!
+    sleep 0.3
+    cluster_exec 0 curl -s --max-time 30 "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
+      -d '{"messages":[{"role":"user","content":"Hello"}],"max_tokens":4000}' -o "$W/req.plain" -w '%{http_code}' >"$W/req.plain.code" &
+    c2=$!
+    sleep 0.3
+    ip -n "${CL_NETNS[1]}" link set eth0 down
+    t1=$SECONDS
+    wait $c1 $c2
+  fi
+  wait $job
+  RC=$(cat "$W/serve.rc" 2>/dev/null || echo missing)
+  want="rank 1 on host h1"
+  if [[ -n $port && $RC != 0 && $RC != 124 && $RC != missing && $((SECONDS - t1)) -le 10 &&
+        $(cat "$W/req.plain.code") == 503 ]] && grep -q "\"message\":\"[^\"]*$want" "$W/req.plain" &&
+     tail -3 "$W/req.stream" | grep -q "^data: {\"error\":{.*$want"; then
+    pass "serve, host h1's link dropped: stream ended with an error event and a request got 503, both naming $want; exit $RC in $((SECONDS - t1))s"
+  else
+    fail "serve, link dropped: exit $RC after $((SECONDS - ${t1:-$SECONDS}))s; plain $(cat "$W/req.plain.code" 2>/dev/null): $(head -c 300 "$W/req.plain" 2>/dev/null); stream tail: $(tail -c 300 "$W/req.stream" 2>/dev/null); stderr: $(grep -v '^ ' "$W/serve.err" | head -8)"
+  fi
+  cluster_down
+else
+  fail "could not make 2 hosts for the serve fault check"
 fi
 
 if [[ $FAILS != 0 ]]; then echo "$FAILS check(s) failed"; exit 1; fi

@@ -1,6 +1,7 @@
 // `mixtral serve`: an OpenAI-compatible HTTP server (src/server/, docs/server.md). One engine
 // thread runs the scheduler over all requests (continuous batching); HTTP threads only parse,
 // enqueue and stream. SIGINT/SIGTERM stop it: running requests are cancelled, exit code 0.
+// Under mpirun, a lost rank fails every request with a 503 naming it and exits non-zero.
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -14,6 +15,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "formats/error.h"
+#include "runtime/expert_parallel.h"
 #include "runtime/scheduler.h"
 #include "runtime/tokenizer.h"
 #include "server/access_policy.h"
@@ -100,6 +102,19 @@ int run(ServeArgs& a) {
                  "the model (set --api-key or MIXTRAL_API_KEY)\n",
                  a.host.c_str());
   server::HttpServer http(engine, *e.tokenizer, o);
+  // Under mpirun a lost rank ends the job (ep::abort_job). Before that, every request (running,
+  // streaming, queued, or arriving meanwhile) gets a 503 naming the rank and host, so clients
+  // and a supervisor see why; the abort then exits non-zero.
+  struct FatalHook {
+    FatalHook(server::EngineLoop& engine, server::HttpServer& http) {
+      ep::set_fatal_hook([&engine, &http](const std::string& cause) {
+        std::fprintf(stderr, "mixtral serve: the expert-parallel job failed; answering every request with 503 and exiting\n");
+        engine.fail_all("the expert-parallel job failed, the server is exiting: " + cause, 503);
+        http.drain(1000);
+      });
+    }
+    ~FatalHook() { ep::set_fatal_hook({}); }
+  } fatal_hook(engine, http);
   const int port = http.bind();
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
@@ -113,6 +128,13 @@ int run(ServeArgs& a) {
     listening = false;
   });
   while (g_signal == 0 && listening) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (g_signal != 0 && ep::distributed()) {
+    // mpirun sends SIGTERM to every rank when one dies: that is a lost rank, not a shutdown.
+    // A lost rank ends the job through the fatal hook (503s naming it, non-zero exit).
+    const std::string lost = ep::check_peers(0.4);
+    if (!lost.empty())
+      ep::abort_job(lost + " does not answer: that rank died or its host is unreachable (mpirun then ends the job)");
+  }
   if (g_signal != 0) std::fprintf(stderr, "mixtral serve: %s, shutting down\n", strsignal(g_signal));
   else std::fprintf(stderr, "mixtral serve: error: the HTTP server stopped accepting connections\n");
   // Shutdown closes every connection and waits only for bounded work (a forward step, a

@@ -7,12 +7,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <thread>
 
@@ -31,6 +34,8 @@ namespace {
 
 // Control messages from rank 0: a fixed header, then `bytes` of payload.
 enum MsgType : int64_t { kOpen = 1, kStep = 2, kStats = 3, kExit = 4 };
+// Liveness pings (check_peers) on their own communicator: rank 0 sends kPing, an idle follower answers kPong.
+enum ProbeTag : int { kPing = 11, kPong = 12 };
 struct Header {
   int64_t type = 0, bytes = 0, a = 0, b = 0;
 };
@@ -45,6 +50,24 @@ struct Runtime {
   World world;
   MPI_Comm ctrl = MPI_COMM_NULL;  // rank 0's control messages
   MPI_Comm data = MPI_COMM_NULL;  // per-layer expert exchange
+  MPI_Comm probe = MPI_COMM_NULL; // liveness pings
+  MPI_Request ping_req = MPI_REQUEST_NULL;  // follower: the posted receive of rank 0's next ping
+  int ping_buf = 0;
+  // Rank 0: a step and a liveness check never overlap (MPI calls are serialized), so
+  // check_peers waits for `stepping` to clear and holds new steps back while `probing`.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stepping = false, probing = false;
+  // check_peers was called at this time (0: not): a step in flight gives up on a silent peer
+  // after hurry_wait seconds instead of timeout_s (mpirun kills rank 0 about 1 s after a rank dies).
+  std::atomic<double> hurry_t{0};
+  double hurry_wait = 0;
+  // Rank 0's waits on peers inside a step (the control message, the exchange), as check_peers
+  // sees them from another thread: when it last polled MPI (0: not waiting) and whom it waited
+  // for then. A poll that stops means the thread is stuck inside MPI (OpenMPI blocks in its own
+  // abort when a TCP peer disconnects, or in a send to a dead peer), so check_peers names them.
+  std::atomic<double> exchange_poll_t{0};
+  std::string exchange_missing;  // guarded by mu
   CommStats stats;
   bool timing = false;      // MIXTRAL_EP_TIMING=1
   bool check_routing = false;  // MIXTRAL_EP_CHECK=1
@@ -71,6 +94,7 @@ struct Runtime {
   std::vector<std::string> hosts; // each rank's hostname
   double timeout_s = 5;           // MIXTRAL_EP_TIMEOUT: longest wait for a peer's expert rows
   double layer_t0 = 0;            // when this rank began the current layer's work
+  std::function<void(const std::string&)> fatal_hook;  // rank 0, set_fatal_hook
 };
 
 Runtime& rt() {
@@ -121,20 +145,95 @@ void share_host_cpus(int local_rank, int local_size) {
 
 // ---- control channel ------------------------------------------------------------------------
 
+void note_wait(std::string who);
+
 void send_msg(int64_t type, const std::vector<char>& payload, int64_t a = 0, int64_t b = 0) {
   Runtime& r = rt();
   // The others are still inside a step rank 0 abandoned (an exception between layers).
   if (r.step_open) abort_job("a step failed between layers while the other ranks were in it");
   Header h{type, static_cast<int64_t>(payload.size()), a, b};
+  // A broadcast does not say which rank it still waits for: all of them, for check_peers.
+  std::string everyone;
+  for (int q = 1; q < r.world.size; ++q)
+    everyone += (everyone.empty() ? "" : ", ") + ("rank " + std::to_string(q) + " on host " + host_of(q));
+  if (r.world.size > 2) everyone = "one of " + everyone;
+  note_wait(everyone);
   // Followers wait with a non-blocking broadcast (so they can sleep), and MPI requires the
   // root to match it with a non-blocking one too.
   MPI_Request req;
   check(MPI_Ibcast(&h, 4, MPI_INT64_T, 0, r.ctrl, &req), "MPI_Ibcast (control header)");
-  check(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait (control header)");
+  const double t0 = now_s();
+  int done = 0;
+  for (long spins = 0;; ++spins) {
+    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test (control header)");
+    if (done) break;
+    if ((spins & 255) == 0) {
+      const double t = now_s(), hurry = r.hurry_t.load();
+      r.exchange_poll_t = t;
+      if (t - t0 > r.timeout_s || (hurry > 0 && t - hurry > r.hurry_wait)) {
+        char secs[32];
+        std::snprintf(secs, sizeof secs, "%.3g", t - t0);
+        abort_job("rank 0's control message did not reach " + everyone + " for " + secs +
+                  " s; that host is down or unreachable (MIXTRAL_EP_TIMEOUT sets the wait)");
+      }
+    }
+  }
   if (!payload.empty())
     check(MPI_Bcast(const_cast<char*>(payload.data()), static_cast<int>(payload.size()), MPI_BYTE,
                     0, r.ctrl),
           "MPI_Bcast (control payload)");
+  r.exchange_poll_t = 0;
+}
+
+// A follower answers rank 0's liveness ping (check_peers) while it idles between steps.
+void answer_ping() {
+  Runtime& r = rt();
+  if (r.ping_req == MPI_REQUEST_NULL)
+    check(MPI_Irecv(&r.ping_buf, 1, MPI_INT, 0, kPing, r.probe, &r.ping_req), "MPI_Irecv (ping)");
+  int got = 0;
+  check(MPI_Test(&r.ping_req, &got, MPI_STATUS_IGNORE), "MPI_Test (ping)");
+  if (got) check(MPI_Send(&r.ping_buf, 1, MPI_INT, 0, kPong, r.probe), "MPI_Send (pong)");
+}
+
+// Rank 0: pings every other rank and waits up to wait_s for the answers; names the ranks that
+// did not answer ("" when all did). The others must be idle (no step in flight).
+std::string ping_peers(double wait_s) {
+  Runtime& r = rt();
+  const int N = r.world.size;
+  std::vector<int> ping(static_cast<size_t>(N), 1), pong(static_cast<size_t>(N), 0);
+  std::vector<MPI_Request> recv(static_cast<size_t>(N), MPI_REQUEST_NULL), send(recv);
+  std::vector<char> answered(static_cast<size_t>(N), 0), failed(answered);
+  answered[0] = 1;
+  for (int q = 1; q < N; ++q) {
+    const size_t i = static_cast<size_t>(q);
+    if (MPI_Irecv(&pong[i], 1, MPI_INT, q, kPong, r.probe, &recv[i]) != MPI_SUCCESS ||
+        MPI_Isend(&ping[i], 1, MPI_INT, q, kPing, r.probe, &send[i]) != MPI_SUCCESS)
+      failed[i] = 1;
+  }
+  const double t0 = now_s();
+  for (;;) {
+    bool all = true;
+    for (size_t i = 1; i < answered.size(); ++i) {
+      if (answered[i] || failed[i]) {
+        all = all && answered[i];
+        continue;
+      }
+      int ok = 0;
+      // An error here is a peer MPI saw fail (e.g. its connection was refused).
+      if (MPI_Test(&recv[i], &ok, MPI_STATUS_IGNORE) != MPI_SUCCESS) failed[i] = 1;
+      answered[i] = static_cast<char>(ok && !failed[i]);
+      all = all && answered[i];
+    }
+    if (all || now_s() - t0 > wait_s) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  std::string who;
+  for (int q = 1; q < N; ++q)
+    if (!answered[static_cast<size_t>(q)])
+      who += (who.empty() ? "" : ", ") + ("rank " + std::to_string(q) + " on host " + host_of(q));
+  // Everyone answered, so every ping was received: the sends complete.
+  if (who.empty()) check(MPI_Waitall(N, send.data(), MPI_STATUSES_IGNORE), "MPI_Waitall (pings)");
+  return who;
 }
 
 // Followers idle here between steps (rank 0 may be reading a prompt for minutes): spin
@@ -149,6 +248,7 @@ Header recv_msg(std::vector<char>* payload) {
   for (;;) {
     check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test (control header)");
     if (done) break;
+    answer_ping();
     const double idle = now_s() - t0;
     if (idle < 0.002) {
       sched_yield();
@@ -165,6 +265,32 @@ Header recv_msg(std::vector<char>* payload) {
 
 // ---- the per-layer exchange -----------------------------------------------------------------
 
+// The peers whose rows the current exchange still waits for ("rank 1 on host b").
+std::string missing_peers(size_t n_recv, const std::vector<int>& from) {
+  Runtime& r = rt();
+  std::string who;
+  for (size_t k = 0; k < n_recv && k < r.reqs.size(); ++k) {
+    int ok = 0;
+    if (r.reqs[k] != MPI_REQUEST_NULL) MPI_Request_get_status(r.reqs[k], &ok, MPI_STATUS_IGNORE);
+    if (r.reqs[k] == MPI_REQUEST_NULL || ok) continue;
+    const int q = from[k];
+    who += (who.empty() ? "" : ", ") + ("rank " + std::to_string(q) + " on host " + host_of(q));
+  }
+  return who;
+}
+
+// Rank 0: records that a wait on peers is alive and whom it waits for (see exchange_poll_t).
+void note_wait(std::string who) {
+  Runtime& r = rt();
+  {
+    std::lock_guard lk(r.mu);
+    r.exchange_missing.swap(who);
+  }
+  r.exchange_poll_t = now_s();
+}
+
+void note_exchange(size_t n_recv, const std::vector<int>& from) { note_wait(missing_peers(n_recv, from)); }
+
 // One peer's share of an exchange: `count` floats at `data`, sent to or received from `peer`.
 struct Piece {
   int peer;
@@ -178,9 +304,11 @@ struct Piece {
 // are unchanged.
 void exchange_floats(int layer, const std::vector<Piece>& recvs, const std::vector<Piece>& sends, int tag) {
   Runtime& r = rt();
-  const int N = r.world.size;
+  const int N = r.world.size, me = r.world.rank;
   r.reqs.clear();
+  std::vector<int> from;  // the peer each receive request waits for
   for (const Piece& p : recvs) {
+    from.push_back(p.peer);
     r.reqs.emplace_back();
     check(MPI_Irecv(p.data, p.count, MPI_FLOAT, p.peer, tag, r.data, &r.reqs.back()), "MPI_Irecv (expert outputs)");
   }
@@ -193,25 +321,29 @@ void exchange_floats(int layer, const std::vector<Piece>& recvs, const std::vect
   // A peer may legitimately need longer than this rank for the same layer (a long prefill
   // chunk, routing that sends it more pairs): wait at least 2N times this rank's own work.
   const double limit = std::max(r.timeout_s, 2.0 * N * (t0 - r.layer_t0));
+  const double own_work = 2.0 * N * (t0 - r.layer_t0);
   int done = 0;
+  double waited = 0;
   for (long spins = 0;; ++spins) {
     check(MPI_Testall(static_cast<int>(r.reqs.size()), r.reqs.data(), &done, MPI_STATUSES_IGNORE),
           "MPI_Testall (expert outputs)");
-    if (done) return;
-    if ((spins & 255) == 0 && now_s() - t0 > limit) break;
+    if (done) {  // (the caller restarts layer_t0 after the layer's last exchange)
+      r.exchange_poll_t = 0;
+      return;
+    }
+    if ((spins & 255) == 0) {
+      const double t = now_s(), hurry = r.hurry_t.load();
+      if (me == 0) note_exchange(n_recv, from);
+      waited = t - t0;
+      if (waited > limit) break;
+      if (hurry > 0 && t - hurry > r.hurry_wait && waited > own_work) break;
+    }
   }
   // Name the peers whose rows never came (or that never took ours).
-  std::string who;
-  for (size_t k = 0; k < r.reqs.size(); ++k) {
-    int ok = 0;
-    if (r.reqs[k] != MPI_REQUEST_NULL) MPI_Request_get_status(r.reqs[k], &ok, MPI_STATUS_IGNORE);
-    if (r.reqs[k] == MPI_REQUEST_NULL || ok || k >= n_recv) continue;
-    const int q = recvs[k].peer;
-    who += (who.empty() ? "" : ", ") + ("rank " + std::to_string(q) + " on host " + host_of(q));
-  }
+  std::string who = missing_peers(n_recv, from);
   if (who.empty()) who = "a rank that did not take this rank's rows";
   char secs[32];
-  std::snprintf(secs, sizeof secs, "%.3g", limit);
+  std::snprintf(secs, sizeof secs, "%.3g", waited);
   abort_job("layer " + std::to_string(layer) + ": no expert rows from " + who + " for " + secs +
             " s; that host is down or unreachable (MIXTRAL_EP_TIMEOUT sets the wait)");
 }
@@ -376,6 +508,17 @@ void run_test_hooks(int layer, int n_layers) {
   if (step == r.oom_at_step) throw std::bad_alloc();
 }
 
+// Rank 0: the step's last exchange is done (followers have nothing waiting on `stepping`).
+void end_step() {
+  Runtime& r = rt();
+  r.step_open = false;
+  {
+    std::lock_guard lk(r.mu);
+    r.stepping = false;
+  }
+  r.cv.notify_all();
+}
+
 void install_runner(Model& m, ThreadPool& pool) {
   Model* raw = &m;
   Runtime& r = rt();
@@ -405,7 +548,7 @@ void install_runner(Model& m, ThreadPool& pool) {
     run_test_hooks(layer, raw->config.n_layers);
     exchange(*raw, layer, route, dim, y);
     Runtime& rr = rt();
-    if (++rr.layers_done >= raw->config.n_layers) rr.step_open = false;
+    if (++rr.layers_done >= raw->config.n_layers) end_step();
   };
   note_local_model(m);
 }
@@ -699,6 +842,7 @@ const World& init(int* argc, char*** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &r.world.size);
   MPI_Comm_dup(MPI_COMM_WORLD, &r.ctrl);
   MPI_Comm_dup(MPI_COMM_WORLD, &r.data);
+  MPI_Comm_dup(MPI_COMM_WORLD, &r.probe);
   MPI_Comm local;
   int local_rank = 0;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
@@ -823,6 +967,11 @@ void attach_root(Model& m, ThreadPool& pool) {
   install_runner(m, pool);
   m.before_step = [&m](const KvCache& kv, const std::vector<SeqChunk>& batch) {
     Runtime& r = rt();
+    {
+      std::unique_lock lk(r.mu);
+      r.cv.wait(lk, [&r] { return !r.probing; });
+      r.stepping = m.config.n_layers > 0;
+    }
     std::vector<int32_t> p;
     const uint64_t id = reinterpret_cast<uintptr_t>(&kv);
     p.push_back(static_cast<int32_t>(static_cast<uint32_t>(id)));
@@ -904,6 +1053,10 @@ int follower_main(const FollowerOptions& o) {
         break;
       }
       case kExit: {
+        if (r.ping_req != MPI_REQUEST_NULL) {
+          MPI_Cancel(&r.ping_req);
+          MPI_Request_free(&r.ping_req);
+        }
         f.mirrors.clear();
         f.model.reset();
         f.loaded.reset();
@@ -917,15 +1070,62 @@ int follower_main(const FollowerOptions& o) {
   }
 }
 
+void set_fatal_hook(std::function<void(const std::string&)> hook) { rt().fatal_hook = std::move(hook); }
+
 void abort_job(const std::string& cause, int code) {
   const Runtime& r = rt();
   std::fprintf(stderr, "rank %d: %s\n", r.world.rank, cause.c_str());
   std::fflush(stderr);
+  // Once: an error inside the hook (or a second thread's) goes straight to the abort.
+  static std::atomic<int> hook_state{0};  // 0: not run, 1: running, 2: done
+  if (r.world.rank == 0 && r.fatal_hook) {
+    int idle = 0;
+    if (hook_state.compare_exchange_strong(idle, 1)) {
+      try {
+        r.fatal_hook(cause);
+      } catch (...) {
+      }
+      hook_state = 2;
+    } else {
+      // Another thread is answering clients: let it finish before the abort cuts them off.
+      for (int i = 0; i < 300 && hook_state.load() == 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
   int init = 0, fin = 0;
   MPI_Initialized(&init);
   MPI_Finalized(&fin);
   if (init && !fin) MPI_Abort(MPI_COMM_WORLD, code);
   std::_Exit(code);
+}
+
+std::string check_peers(double wait_s) {
+  Runtime& r = rt();
+  if (r.world.size <= 1 || r.world.rank != 0) return "";
+  r.hurry_wait = wait_s;
+  r.hurry_t = now_s();
+  std::unique_lock lk(r.mu);
+  // A step in flight ends within about wait_s, or aborts the job naming its silent peer. One
+  // that a healthy peer still needs long for is left alone (no check then).
+  const double t0 = now_s();
+  while (r.stepping) {
+    r.cv.wait_for(lk, std::chrono::milliseconds(20));
+    const double t = now_s(), poll = r.exchange_poll_t.load();
+    if (r.stepping && poll > 0 && t - poll > wait_s && !r.exchange_missing.empty())
+      return r.exchange_missing + " (rank 0 is stuck inside MPI waiting for it)";
+    if (t - t0 > r.timeout_s + wait_s) {
+      r.hurry_t = 0;
+      return "";
+    }
+  }
+  r.probing = true;
+  lk.unlock();
+  const std::string lost = ping_peers(wait_s);
+  lk.lock();
+  r.probing = false;
+  r.hurry_t = 0;
+  lk.unlock();
+  r.cv.notify_all();
+  return lost;
 }
 
 CommStats comm_stats() { return rt().stats; }

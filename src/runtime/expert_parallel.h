@@ -17,6 +17,7 @@
 // initialized but nothing is distributed.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -80,8 +81,21 @@ int follower_main(const FollowerOptions& o);
 // The host rank `rank` runs on (its hostname), for messages; "" without MPI.
 std::string host_of(int rank);
 
-// Prints "rank R: cause" to stderr and ends the whole job (MPI_Abort) with `code`.
+// Prints "rank R: cause" to stderr and ends the whole job (MPI_Abort) with `code`. On rank 0 it
+// first calls the fatal-error hook (below) with `cause`.
 [[noreturn]] void abort_job(const std::string& cause, int code = 1);
+
+// Rank 0: whether every other rank is still there, for a command told to stop (SIGTERM) that
+// must tell a rank's death from a plain shutdown: mpirun sends SIGTERM to every rank when one
+// dies. Lets a step in flight finish (one whose peer stays silent for wait_s aborts the job,
+// naming it), then pings every rank and waits up to wait_s. Returns the ranks that did not
+// answer ("rank 1 on host b"), or "". Thread-safe against forward() on another thread.
+std::string check_peers(double wait_s);
+
+// Rank 0: what to do with a fatal job error (a lost rank, a failed step) before the job is
+// aborted, e.g. answer clients with it (`serve`). It runs on the thread that met the error,
+// once, and should return within about a second; the abort follows. Empty: none.
+void set_fatal_hook(std::function<void(const std::string& cause)> hook);
 
 // ---- measurements (for bench and docs) ----
 

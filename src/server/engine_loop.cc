@@ -78,16 +78,26 @@ std::vector<std::shared_ptr<Job>> EngineLoop::submit_choices(Request r, int n,
     job->t_submit_ = t;
     jobs.push_back(std::move(job));
   }
+  std::string refuse = "the server is shutting down";
+  int status = 503;
   {
     std::lock_guard lk(m_);
-    if (!stopping_) {
+    if (!stopping_ && fatal_.empty()) {
       // All choices in one go, so one admit() sees the leader before its followers.
       incoming_.insert(incoming_.end(), jobs.begin(), jobs.end());
+      // Ended jobs drop out when the list has doubled, so it stays about as long as the live ones.
+      if (live_.size() >= 64 && (live_.size() & (live_.size() - 1)) == 0)
+        std::erase_if(live_, [](const std::weak_ptr<Job>& w) {
+          const auto job = w.lock();
+          return !job || job->done();
+        });
+      for (auto& job : jobs) live_.push_back(job);
       cv_.notify_all();
       return jobs;
     }
+    if (!fatal_.empty()) refuse = fatal_, status = fatal_status_;
   }
-  for (auto& job : jobs) job->end(FinishReason::Cancelled, "the server is shutting down", 503);
+  for (auto& job : jobs) job->end(FinishReason::Cancelled, refuse, status);
   return jobs;
 }
 
@@ -109,6 +119,18 @@ void EngineLoop::stop() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+}
+
+void EngineLoop::fail_all(const std::string& error, int status) {
+  std::vector<std::weak_ptr<Job>> live;
+  {
+    std::lock_guard lk(m_);
+    fatal_ = error;
+    fatal_status_ = status;
+    live.swap(live_);
+  }
+  for (auto& w : live)
+    if (auto job = w.lock()) job->end(FinishReason::None, error, status);
 }
 
 EngineStats EngineLoop::stats() const {

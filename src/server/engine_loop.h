@@ -88,6 +88,10 @@ class EngineLoop {
   void cancel(const std::shared_ptr<Job>& job, bool client_left = true);
   // Cancels every request (they end with a 503 "shutting down" error) and joins the thread.
   void stop();
+  // For a fatal error after which the process exits (a lost MPI rank): ends every request,
+  // running, queued or submitted later, with `error` and `status`. Callable from any thread,
+  // also the engine's own from inside a step (the scheduler is not touched).
+  void fail_all(const std::string& error, int status);
   EngineStats stats() const;
 
  private:
@@ -112,6 +116,9 @@ class EngineLoop {
   std::deque<std::shared_ptr<Job>> incoming_;
   std::deque<std::pair<std::shared_ptr<Job>, bool>> cancels_;  // (job, client_left)
   bool stopping_ = false;
+  std::string fatal_;  // fail_all's error: later submits end with it at once
+  int fatal_status_ = 0;
+  std::vector<std::weak_ptr<Job>> live_;  // every job handed in and maybe not ended, for fail_all
   EngineStats stats_;
   std::thread thread_;
 };

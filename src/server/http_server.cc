@@ -161,6 +161,7 @@ struct HttpServer::Impl {
   RequestProcessor svr;
   std::unique_ptr<FrontDoor> door;
   std::atomic<int> generating{0};
+  std::atomic<int> replying{0};  // requests inside process_request (handler, then writing the reply)
   std::atomic<uint64_t> next_id{0};
   RequestCounter requests;
   int64_t started = std::time(nullptr);
@@ -650,6 +651,7 @@ HttpServer::HttpServer(EngineLoop& engine, const Tokenizer& tok, ServerOptions o
       [&m, write_s = f.write_seconds](Connection& c, bool close) {
         BufferedStream strm(c, write_s);
         bool closed = false;
+        const Admission replying(m.replying);
         const bool ok = m.svr.process_request(strm, close, closed, nullptr);
         return ok && !closed && !close;
       },
@@ -668,7 +670,7 @@ void HttpServer::listen() { impl_->door->run(); }
 
 void HttpServer::drain(int ms) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-  while (impl_->generating.load() > 0 && std::chrono::steady_clock::now() < end)
+  while ((impl_->generating.load() > 0 || impl_->replying.load() > 0) && std::chrono::steady_clock::now() < end)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
 }
 

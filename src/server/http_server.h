@@ -44,8 +44,9 @@ class HttpServer {
   // idempotent, and safe to call before listen(). Stop the engine first so that handlers
   // waiting for tokens return.
   void stop();
-  // After the engine stopped: waits up to `ms` for generation handlers (streams writing their
-  // last "shutting down" event) to finish, so stop() does not cut them off.
+  // After the engine stopped (or failed its jobs): waits up to `ms` for generation handlers
+  // (streams writing their last error event) and replies being written to finish, so stop()
+  // or an exit does not cut them off.
   void drain(int ms);
 
  private:
