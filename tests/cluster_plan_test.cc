@@ -158,3 +158,21 @@ TEST(ClusterPlan, BadInputNamesTheOption) {
   in.context = -1;
   EXPECT_NE(error_of(in).find("--context"), std::string::npos) << error_of(in);
 }
+
+TEST(ClusterPlan, ColocatedHostsAddUpOnOneMachine) {
+  // Namespace hosts on one machine: every host's attention and experts take the one machine's
+  // bandwidth, so the experts cost what one host pays for all of them, and attention N times.
+  PlanInput one = base();
+  one.shape.top_k = 8;  // every expert runs: no randomness
+  PlanInput four = one;
+  four.hosts = 4;
+  four.colocated = true;
+  const PlanFigure a = predict_cluster(one), b = predict_cluster(four);
+  EXPECT_NEAR(b.experts_ms, a.experts_ms, 1e-9 * a.experts_ms);
+  EXPECT_NEAR(b.attention_ms, 4 * a.attention_ms, 1e-9 * a.attention_ms);
+  EXPECT_DOUBLE_EQ(b.head_ms, a.head_ms);
+  four.colocated = false;  // separate hosts: the slowest host's 2 experts
+  EXPECT_NEAR(predict_cluster(four).experts_ms, a.experts_ms / 4, 1e-9 * a.experts_ms);
+  one.colocated = true;  // one host is the same either way
+  EXPECT_DOUBLE_EQ(predict_cluster(one).step_ms, a.step_ms);
+}

@@ -135,6 +135,9 @@ Command add_bench(CLI::App& app) {
   sub->add_option("--int8-gops", a->p.int8_gops, "--plan: each host's int8 peak, GOPS (default: measure this host)");
   sub->add_option("--context", a->p.context, "--plan: cached positions per user (KV cache read and held)")
       ->default_val(512);
+  sub->add_flag("--colocated", a->p.colocated,
+                "--plan: the hosts share this one machine (namespace hosts of tests/cluster/cluster.sh): their "
+                "work adds up against one set of ceilings");
   return {sub, [a] { return run(*a); }};
 }
 

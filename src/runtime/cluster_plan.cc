@@ -115,7 +115,7 @@ PlanFigure predict_cluster(const PlanInput& in) {
       sum_touched += cnt[e] > 0;
       rows_total += cnt[e] * per_expert;  // with a split, every slice sends a partial row
     }
-    double worst = -1, worst_experts = 0, worst_pairs = 0, link_bytes = 0;
+    double worst = -1, worst_experts = 0, worst_pairs = 0, link_bytes = 0, all_secs = 0;
     for (int h = 0; h < n; ++h) {
       double touched = 0, pairs = 0;
       for (int e = first[h]; e < first[h] + count[h]; ++e) {
@@ -123,12 +123,13 @@ PlanFigure predict_cluster(const PlanInput& in) {
         pairs += cnt[e];
       }
       const double secs = touched * f.expert_bytes_layer / bw + pairs * slice * expert_ops / peak;
+      all_secs += secs;
       if (secs > worst) worst = secs, worst_experts = touched, worst_pairs = pairs;
       // Every host sends its rows (partial rows of its slice, when split) to each other host
       // and receives all the others' rows.
       link_bytes = std::max({link_bytes, pairs * (n - 1) * row, (rows_total - pairs) * row});
     }
-    sum_max_s += worst;
+    sum_max_s += in.colocated ? all_secs : worst;
     sum_host_experts += worst_experts;
     sum_host_pairs += worst_pairs;
     sum_rows += rows_total;
@@ -142,7 +143,9 @@ PlanFigure predict_cluster(const PlanInput& in) {
   f.egress_bytes = n > 1 ? sum_link / trials : 0;
 
   const int L = s.layers;
-  f.attention_ms = L * (f.attn_bytes_layer / bw + attn_ops * in.batch / peak) * 1e3 + f.kv_bytes_step / bw * 1e3;
+  // Every host runs attention over the whole batch; on one machine those copies add up.
+  f.attention_ms = (in.colocated ? n : 1) *
+                   (L * (f.attn_bytes_layer / bw + attn_ops * in.batch / peak) * 1e3 + f.kv_bytes_step / bw * 1e3);
   f.experts_ms = L * sum_max_s / trials * 1e3;
   // Per layer: one latency (all messages travel at once), each peer's message handled in turn,
   // and the busiest host's bytes through its link. Plus rank 0's STEP message once per step.
@@ -167,9 +170,10 @@ std::string plan_to_text(const std::vector<PlanFigure>& figs) {
   std::snprintf(b, sizeof b,
                 "cluster plan: Mixtral %d layers, dim %d, ffn %d, %d experts top-%d, %d/%d heads, vocab %d\n"
                 "per host: read %.1f GB/s, int8 %.0f GOPS; link %.3g Gbit/s, %.0f us one way, %.0f us per message; "
-                "context %d positions per user\n",
+                "context %d positions per user%s\n",
                 s.layers, s.dim, s.ffn, s.experts, s.top_k, s.heads, s.kv_heads, s.vocab, in.read_gbps, in.int8_gops,
-                in.link_gbit, in.link_us, in.msg_us, in.context);
+                in.link_gbit, in.link_us, in.msg_us, in.context,
+                in.colocated ? "; colocated: all hosts share one machine with these ceilings" : "");
   os << b;
   os << "assumes: routing uniform and independent per token; a step = every layer's attention (all hosts) +\n"
         "  the slowest host's experts + the row exchange, then rank 0's LM head; each part takes bytes/bandwidth\n"
@@ -191,7 +195,7 @@ std::string plan_to_json(const std::vector<PlanFigure>& figs) {
   for (const PlanFigure& f : figs)
     j.push_back({{"cache", f.in.cache}, {"hosts", f.in.hosts}, {"batch", f.in.batch}, {"layers", f.in.shape.layers},
                  {"read_gbps", f.in.read_gbps}, {"int8_gops", f.in.int8_gops}, {"link_gbit", f.in.link_gbit},
-                 {"link_us", f.in.link_us}, {"msg_us", f.in.msg_us}, {"context", f.in.context},
+                 {"link_us", f.in.link_us}, {"msg_us", f.in.msg_us}, {"context", f.in.context}, {"colocated", f.in.colocated},
                  {"ram_gb", f.ram_bytes / 1e9}, {"experts_touched", f.experts_touched},
                  {"host_experts", f.host_experts}, {"host_pairs", f.host_pairs},
                  {"rows_exchanged", f.rows_exchanged}, {"link_bytes_per_layer", f.egress_bytes},

@@ -28,6 +28,10 @@ struct PlanInput {
   double msg_us = 10;        // software cost of one message (MPI + TCP) on the host, µs
   int context = 512;         // cached positions per user (KV cache read per step and held)
   int trials = 4096;         // routing draws for the expected per-host load (fixed seed)
+  // The hosts share one machine (namespace hosts, tests/cluster/cluster.sh) whose ceilings
+  // are read_gbps / int8_gops: every host's bytes and ops add up against them instead of the
+  // slowest host setting the pace. Used to check the model against shaped-link runs here.
+  bool colocated = false;
 };
 
 struct PlanFigure {
