@@ -26,6 +26,7 @@ struct BenchArgs {
   bool plan = false;
   std::string hosts = "1,2,4,8,16", caches = "q8,q4";
   PlanInput p;
+  std::vector<CLI::Option*> plan_only;  // options that mean nothing without --plan
 };
 
 // "1,8,32" -> {1, 8, 32}; `what` names the option in the error.
@@ -82,6 +83,8 @@ int run_plan(BenchArgs& a) {
 
 int run(BenchArgs& a) {
   if (a.plan) return run_plan(a);
+  for (const CLI::Option* opt : a.plan_only)
+    if (opt->count() > 0) fail(opt->get_name() + " needs --plan (it describes a predicted cluster)");
   BenchOptions o;
   o.prompt = a.prompt;
   o.gen = a.gen;
@@ -122,22 +125,25 @@ Command add_bench(CLI::App& app) {
   sub->add_flag("--plan", a->plan,
                 "predict decode tokens/s of Mixtral-8x7B over N hosts (expert parallelism) from the ceilings, "
                 "the link and the exchange bytes, instead of running a model (docs/distributed.md)");
-  sub->add_option("--hosts", a->hosts, "--plan: comma-separated host counts (1-8, or multiples of 8)")
-      ->default_str("1,2,4,8,16");
-  sub->add_option("--plan-cache", a->caches, "--plan: weight caches to predict, q8 (q8_0r16) and/or q4 (q4_0r16)")
-      ->default_str("q8,q4");
-  sub->add_option("--layers", a->p.shape.layers, "--plan: layers (32 for Mixtral-8x7B; 2 for the bench model)")
-      ->default_val(32);
-  sub->add_option("--link-gbit", a->p.link_gbit, "--plan: each host's link, Gbit/s")->default_val(10);
-  sub->add_option("--link-us", a->p.link_us, "--plan: one-way link latency, microseconds")->default_val(50);
-  sub->add_option("--msg-us", a->p.msg_us, "--plan: software cost of one MPI message, microseconds")->default_val(10);
-  sub->add_option("--read-gbps", a->p.read_gbps, "--plan: each host's read bandwidth, GB/s (default: measure this host)");
-  sub->add_option("--int8-gops", a->p.int8_gops, "--plan: each host's int8 peak, GOPS (default: measure this host)");
-  sub->add_option("--context", a->p.context, "--plan: cached positions per user (KV cache read and held)")
-      ->default_val(512);
-  sub->add_flag("--colocated", a->p.colocated,
-                "--plan: the hosts share this one machine (namespace hosts of tests/cluster/cluster.sh): their "
-                "work adds up against one set of ceilings");
+  auto plan_only = [&](CLI::Option* opt) { a->plan_only.push_back(opt); };
+  plan_only(sub->add_option("--hosts", a->hosts, "--plan: comma-separated host counts (1-8, or multiples of 8)")
+                ->default_str("1,2,4,8,16"));
+  plan_only(sub->add_option("--plan-cache", a->caches, "--plan: caches to predict, q8 (q8_0r16) and/or q4 (q4_0r16)")
+                ->default_str("q8,q4"));
+  plan_only(sub->add_option("--layers", a->p.shape.layers, "--plan: layers (32: Mixtral-8x7B; 2: the bench model)")
+                ->default_val(32));
+  plan_only(sub->add_option("--link-gbit", a->p.link_gbit, "--plan: each host's link, Gbit/s")->default_val(10));
+  plan_only(sub->add_option("--link-us", a->p.link_us, "--plan: one-way link latency, microseconds")->default_val(50));
+  plan_only(sub->add_option("--msg-us", a->p.msg_us, "--plan: software cost of one MPI message, microseconds")
+                ->default_val(10));
+  plan_only(sub->add_option("--read-gbps", a->p.read_gbps,
+                            "--plan: each host's read bandwidth, GB/s (default: measure this host)"));
+  plan_only(sub->add_option("--int8-gops", a->p.int8_gops, "--plan: each host's int8 peak, GOPS (default: measure this host)"));
+  plan_only(sub->add_option("--context", a->p.context, "--plan: cached positions per user (KV cache read and held)")
+                ->default_val(512));
+  plan_only(sub->add_flag("--colocated", a->p.colocated,
+                          "--plan: the hosts share this one machine (namespace hosts of tests/cluster/cluster.sh): "
+                          "their work adds up against one set of ceilings"));
   return {sub, [a] { return run(*a); }};
 }
 

@@ -55,7 +55,7 @@ struct PlanFigure {
   double tokens_per_s = 0;       // aggregate (batch / step)
 };
 
-// The expected per-layer routing load; throws mx::Error naming the field for bad input.
+// The prediction for one configuration; throws mx::Error naming the option for bad input.
 PlanFigure predict_cluster(const PlanInput& in);
 
 // Bytes of one row of `cols` weights in the cache type `cache` uses for tensor `what`
