@@ -222,6 +222,31 @@ TEST(Cli, BenchDepthJsonAndSkips) {
   EXPECT_NE(r.err.find("--depth: '4k' is not a number"), std::string::npos) << r.err;
 }
 
+// `bench --plan`: a cluster prediction without a model (runtime/cluster_plan.h, whose own test
+// checks the arithmetic); given ceilings, so nothing is measured.
+TEST(Cli, BenchPlanPredictsWithoutAModel) {
+  auto r = run_cli("bench --plan --layers 2 --hosts 1,2,16 --batch 1,32 --read-gbps 30 --int8-gops 1000 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 12u);  // q8 and q4 x 3 host counts x 2 batches
+  EXPECT_EQ(j[0]["cache"], "q8");
+  EXPECT_EQ(j[0]["layers"], 2);
+  for (const auto& f : j) EXPECT_GT(f["tokens_per_s"].get<double>(), 0) << f.dump();
+  EXPECT_LT(j[4]["ram_gb"].get<double>(), j[0]["ram_gb"].get<double>());  // 16 hosts hold less than 1
+  r = run_cli("bench --plan --hosts 12 --read-gbps 30 --int8-gops 1000");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--hosts: 12 is not possible"), std::string::npos) << r.err;
+  r = run_cli("bench --plan --hosts 2,x");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--hosts: 'x' is not a number"), std::string::npos) << r.err;
+  r = run_cli("bench --plan --plan-cache q8,bf16 --read-gbps 30 --int8-gops 1000");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--plan-cache: must be q8 or q4, not 'bf16'"), std::string::npos) << r.err;
+  r = run_cli("bench --model " + test::data_path("tiny-mixtral/hf") + " --hosts 4");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--hosts needs --plan"), std::string::npos) << r.err;
+}
+
 // A q8_0 GGUF interleaved at load (the default) scores exactly as with --no-interleave.
 TEST(Cli, NoInterleaveGivesTheSameQ8Scores) {
   const std::string g = test::data_path("tiny-mixtral/gguf/tiny-mixtral-q8_0.gguf");
