@@ -114,6 +114,39 @@ TEST(Model, MixedBatchEqualsEachAlone) {
   }
 }
 
+// Without all_logits the last layer runs its queries, attention and experts only for each
+// chunk's last token (forward()). Those rows, and the cache every token leaves for the next
+// step, must equal the untrimmed run's bit for bit.
+TEST(Model, TrimmedLastLayerIsBitExact) {
+  ThreadPool pool(2);
+  auto m = load("mistral", pool);
+  const int V = m->config.vocab;
+  const auto cases = expected()["cases"];
+  const auto run = [&](bool all, std::vector<float>* last_rows, std::vector<float>* next) {
+    KvCache kv(m->config.n_layers, m->config.n_kv_heads * m->config.head_dim, 256, DType::F16);
+    std::vector<SeqChunk> batch;
+    for (int i = 0; i < 3; ++i) {
+      kv.reset(i);
+      batch.push_back({i, cases[i]["tokens"].get<std::vector<int>>(), all});
+    }
+    const auto lg = forward(*m, kv, batch, pool);
+    size_t row = 0;
+    for (const SeqChunk& c : batch) {
+      row += all ? c.tokens.size() : 1;
+      last_rows->insert(last_rows->end(), lg.begin() + static_cast<long>((row - 1) * V),
+                        lg.begin() + static_cast<long>(row * V));
+    }
+    *next = forward(*m, kv, {{0, {415}, false}, {1, {29871}, false}, {2, {13}, false}}, pool);
+  };
+  std::vector<float> trimmed, full, next_trimmed, next_full;
+  run(false, &trimmed, &next_trimmed);
+  run(true, &full, &next_full);
+  ASSERT_EQ(trimmed.size(), 3u * V);
+  ASSERT_EQ(0, std::memcmp(trimmed.data(), full.data(), trimmed.size() * sizeof(float)));
+  ASSERT_EQ(next_trimmed.size(), 3u * V);
+  ASSERT_EQ(0, std::memcmp(next_trimmed.data(), next_full.data(), next_full.size() * sizeof(float)));
+}
+
 // bench --depth fills its users' caches by copying one prefilled prefix: a continuation from
 // the copy must score exactly as from the original, and must not write into the original.
 TEST(Model, CopiedPrefixContinuesLikeTheOriginal) {

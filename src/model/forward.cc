@@ -89,12 +89,34 @@ std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& b
     dequantize_rows(emb.dtype, emb.data, dim, tokens[static_cast<size_t>(t)], 1,
                     x.data() + static_cast<size_t>(t) * dim);
 
+  // Rows whose logits are wanted: every row of an all_logits chunk, else each chunk's last.
+  std::vector<int> want;
+  {
+    int row = 0;
+    for (const SeqChunk& s : batch) {
+      const int n = static_cast<int>(s.tokens.size());
+      if (s.all_logits)
+        for (int i = 0; i < n; ++i) want.push_back(row + i);
+      else if (n > 0)
+        want.push_back(row + n - 1);
+      row += n;
+    }
+  }
+  // The last layer needs K and V of every token (they go to the cache) but its queries,
+  // attention, output projection and experts only for the wanted rows, as llama.cpp does: a
+  // prefill chunk then runs the last layer's experts for one token instead of all. Every
+  // kernel gives a token the same bits whatever else is in the batch, so the wanted rows are
+  // unchanged. (MPI followers get each chunk's all_logits in the step and trim alike.)
+  const int W = static_cast<int>(want.size());
+  const bool trim = c.n_layers > 0 && W < T;
+
   const RopeTable rope = make_rope_table(tp, c);
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& lw = m.weights.layers[static_cast<size_t>(l)];
     for (int t = 0; t < T; ++t)
       rmsnorm(&x[static_cast<size_t>(t) * dim], lw.attention_norm.data(), dim, c.norm_eps,
               &h[static_cast<size_t>(t) * dim]);
+    if (trim && l == c.n_layers - 1) break;  // the last layer follows, on the wanted rows
     {
       // One activation quantization and one parallel region for the three projections.
       const MatView qkv[3] = {lw.wq, lw.wk, lw.wv};
@@ -119,25 +141,57 @@ std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& b
     combine_experts(r, y.data(), dim, tmp.data());
     ops::add(x.data(), tmp.data(), static_cast<int64_t>(x.size()), x.data());
   }
+  // From here x holds one row per wanted row (want[i] -> row i).
+  if (trim) {
+    const int l = c.n_layers - 1;
+    const LayerWeights& lw = m.weights.layers[static_cast<size_t>(l)];
+    {
+      const MatView kv2[2] = {lw.wk, lw.wv};
+      float* const out[2] = {k.data(), v.data()};
+      matmul_multi(kv2, out, 2, h.data(), T, pool);
+    }
+    apply_rope(rope, c, k.data(), c.n_kv_heads, T);
+    for (int t = 0; t < T; ++t)
+      kv.write(tp[static_cast<size_t>(t)].slot, l, tp[static_cast<size_t>(t)].pos,
+               &k[static_cast<size_t>(t) * kvdim], &v[static_cast<size_t>(t) * kvdim]);
+    std::vector<TokenPos> tpw(static_cast<size_t>(W));
+    std::vector<float> xw(static_cast<size_t>(W) * dim), hw(xw.size()), tw(xw.size());
+    for (int i = 0; i < W; ++i) {
+      const size_t src = static_cast<size_t>(want[static_cast<size_t>(i)]);
+      tpw[static_cast<size_t>(i)] = tp[src];
+      std::memcpy(&xw[static_cast<size_t>(i) * dim], &x[src * dim], sizeof(float) * dim);
+      std::memcpy(&hw[static_cast<size_t>(i) * dim], &h[src * dim], sizeof(float) * dim);
+    }
+    std::vector<float> qw(static_cast<size_t>(W) * qdim), aw(qw.size());
+    matmul(lw.wq, hw.data(), W, qw.data(), pool);
+    apply_rope(make_rope_table(tpw, c), c, qw.data(), c.n_heads, W);
+    attention(kv, l, tpw, c, qw.data(), aw.data(), pool);
+    matmul(lw.wo, aw.data(), W, tw.data(), pool);
+    ops::add(xw.data(), tw.data(), static_cast<int64_t>(xw.size()), xw.data());
+    for (int i = 0; i < W; ++i)
+      rmsnorm(&xw[static_cast<size_t>(i) * dim], lw.ffn_norm.data(), dim, c.norm_eps,
+              &hw[static_cast<size_t>(i) * dim]);
+    const MoeRouting r = route(lw, hw.data(), W, c.top_k, pool);
+    std::vector<float> y(static_cast<size_t>(W) * c.top_k * dim);
+    m.experts(l, hw.data(), dim, r, y.data());
+    combine_experts(r, y.data(), dim, tw.data());
+    ops::add(xw.data(), tw.data(), static_cast<int64_t>(xw.size()), xw.data());
+    x.swap(xw);
+  } else {
+    std::vector<float> xw(static_cast<size_t>(W) * dim);
+    for (int i = 0; i < W; ++i)
+      std::memcpy(&xw[static_cast<size_t>(i) * dim], &x[static_cast<size_t>(want[static_cast<size_t>(i)]) * dim],
+                  sizeof(float) * dim);
+    x.swap(xw);
+  }
   // Positions are committed only after the whole step succeeded.
   for (const SeqChunk& s : batch) kv.set_length(s.slot, kv.length(s.slot) + static_cast<int>(s.tokens.size()));
   if (m.skip_logits) return {};
 
-  // Final norm and LM head, only for rows whose logits are wanted.
-  std::vector<int> want;
-  int row = 0;
-  for (const SeqChunk& s : batch) {
-    const int n = static_cast<int>(s.tokens.size());
-    if (s.all_logits)
-      for (int i = 0; i < n; ++i) want.push_back(row + i);
-    else if (n > 0)
-      want.push_back(row + n - 1);
-    row += n;
-  }
+  // Final norm and LM head, for the wanted rows.
   std::vector<float> hn(want.size() * static_cast<size_t>(dim));
   for (size_t i = 0; i < want.size(); ++i)
-    rmsnorm(&x[static_cast<size_t>(want[i]) * dim], m.weights.norm.data(), dim, c.norm_eps,
-            &hn[i * dim]);
+    rmsnorm(&x[i * dim], m.weights.norm.data(), dim, c.norm_eps, &hn[i * dim]);
   std::vector<float> logits(want.size() * static_cast<size_t>(c.vocab));
   matmul(m.weights.output, hn.data(), static_cast<int64_t>(want.size()), logits.data(), pool);
   return logits;

@@ -102,6 +102,19 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
   r.bf16_kernel = bf16_gflops_kernel_name();
   const WeightBytes wb = weight_bytes(m);
   r.weight_bytes = wb.total;
+  // Multiply-adds per prompt token of a P-token prefill with the last token's logits: every
+  // layer but the last runs attention projections and router, top-k experts and attention
+  // scores/values over on average half the prompt; the last runs only its K and V projections
+  // for all tokens (forward() trims it to the wanted row), plus one whole layer for the last
+  // token. The LM head runs once.
+  const auto prefill_ops_per_token = [&](int P) {
+    const double L = c.n_layers, per_layer_attn = L > 0 ? wb.attn_params / L : 0;
+    const double kv_proj = 2.0 * c.dim * c.n_kv_heads * c.head_dim;
+    const double scores = 2.0 * c.n_heads * c.head_dim * (P / 2.0);
+    const double full_layer = per_layer_attn + c.top_k * wb.expert_params + scores;
+    const double body = L > 0 ? (L - 1) * full_layer + kv_proj + full_layer / P : 0;
+    return 2.0 * body;
+  };
   if (o.kv_budget_bytes > 0) {
     r.kv_budget_bytes = o.kv_budget_bytes;
     r.kv_budget_source = "--kv-budget-mb";
@@ -162,10 +175,7 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
     }
     r.prefill_tokens_per_s = best;
     r.prefill_tokens = o.prompt;
-    // Multiply-adds per prompt token: attention projections and router, top-k experts, and the
-    // attention scores/values over on average half the prompt. The LM head runs once.
-    const double attn_scores = 2.0 * c.n_heads * c.head_dim * (o.prompt / 2.0) * c.n_layers;
-    r.prefill_ops_per_token = 2.0 * (wb.attn_params + c.top_k * c.n_layers * wb.expert_params / 1.0 + attn_scores);
+    r.prefill_ops_per_token = prefill_ops_per_token(o.prompt);
     r.prefill_uses_int8 = wb.expert_quantized;
     const double peak = (wb.expert_quantized ? r.int8_gops : r.bf16_gflops) * 1e9;
     r.prefill_roofline_tokens_per_s = peak / r.prefill_ops_per_token;
@@ -264,8 +274,7 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
       d.prefill_tokens_per_s = std::max(d.prefill_tokens_per_s, depth / tp);
       if (rep == 0 || ttft < d.ttft_ms) d.ttft_ms = ttft;
     }
-    const double attn_scores = 2.0 * c.n_heads * c.head_dim * (depth / 2.0) * c.n_layers;
-    d.prefill_ops_per_token = 2.0 * (wb.attn_params + c.top_k * c.n_layers * wb.expert_params + attn_scores);
+    d.prefill_ops_per_token = prefill_ops_per_token(depth);
     d.prefill_roofline_tokens_per_s = (wb.expert_quantized ? r.int8_gops : r.bf16_gflops) * 1e9 / d.prefill_ops_per_token;
 
     const int tail = std::min(32, depth - 1);

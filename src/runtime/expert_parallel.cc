@@ -762,6 +762,7 @@ struct Follower {
       c.slot = next();
       starts.push_back(next());
       const int copy_from = next();
+      c.all_logits = next() != 0;
       c.tokens.resize(static_cast<size_t>(next()));
       for (int& t : c.tokens) t = next();
       // A prefix copied between slots on rank 0 is copied here too, before any slot changes.
@@ -985,6 +986,7 @@ void attach_root(Model& m, ThreadPool& pool) {
       p.push_back(c.slot);
       p.push_back(kv.length(c.slot));
       p.push_back(c.copy_from);
+      p.push_back(c.all_logits ? 1 : 0);  // which rows the last layer computes (forward())
       p.push_back(static_cast<int32_t>(c.tokens.size()));
       p.insert(p.end(), c.tokens.begin(), c.tokens.end());
     }
