@@ -110,80 +110,66 @@ std::vector<float> forward(Model& m, KvCache& kv, const std::vector<SeqChunk>& b
   const int W = static_cast<int>(want.size());
   const bool trim = c.n_layers > 0 && W < T;
 
-  const RopeTable rope = make_rope_table(tp, c);
+  RopeTable rope = make_rope_table(tp, c);
+  // K and V of rows [0, n) to the cache at layer l (k and v already roped).
+  const auto write_kv = [&](int l, int n) {
+    for (int t = 0; t < n; ++t)
+      kv.write(tp[static_cast<size_t>(t)].slot, l, tp[static_cast<size_t>(t)].pos,
+               &k[static_cast<size_t>(t) * kvdim], &v[static_cast<size_t>(t) * kvdim]);
+  };
+  // Keeps rows want[i] of a [T, width] buffer as its rows i.
+  const auto keep_wanted = [&](std::vector<float>& buf, int width) {
+    for (int i = 0; i < W; ++i)
+      std::memmove(&buf[static_cast<size_t>(i) * width],
+                   &buf[static_cast<size_t>(want[static_cast<size_t>(i)]) * width], sizeof(float) * width);
+  };
+  int n = T;  // rows x, h and tp hold: T, then the wanted rows from a trimmed last layer on
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& lw = m.weights.layers[static_cast<size_t>(l)];
-    for (int t = 0; t < T; ++t)
+    for (int t = 0; t < n; ++t)
       rmsnorm(&x[static_cast<size_t>(t) * dim], lw.attention_norm.data(), dim, c.norm_eps,
               &h[static_cast<size_t>(t) * dim]);
-    if (trim && l == c.n_layers - 1) break;  // the last layer follows, on the wanted rows
-    {
+    if (trim && l == c.n_layers - 1) {
+      {
+        const MatView kv2[2] = {lw.wk, lw.wv};
+        float* const out[2] = {k.data(), v.data()};
+        matmul_multi(kv2, out, 2, h.data(), n, pool);
+      }
+      apply_rope(rope, c, k.data(), c.n_kv_heads, n);
+      write_kv(l, n);
+      // want is ascending, so rows move only towards the front.
+      keep_wanted(x, dim);
+      keep_wanted(h, dim);
+      for (int i = 0; i < W; ++i) tp[static_cast<size_t>(i)] = tp[static_cast<size_t>(want[static_cast<size_t>(i)])];
+      tp.resize(static_cast<size_t>(W));
+      n = W;
+      rope = make_rope_table(tp, c);
+      matmul(lw.wq, h.data(), n, q.data(), pool);
+      apply_rope(rope, c, q.data(), c.n_heads, n);
+    } else {
       // One activation quantization and one parallel region for the three projections.
       const MatView qkv[3] = {lw.wq, lw.wk, lw.wv};
       float* const out[3] = {q.data(), k.data(), v.data()};
-      matmul_multi(qkv, out, 3, h.data(), T, pool);
+      matmul_multi(qkv, out, 3, h.data(), n, pool);
+      apply_rope(rope, c, q.data(), c.n_heads, n);
+      apply_rope(rope, c, k.data(), c.n_kv_heads, n);
+      write_kv(l, n);
     }
-    apply_rope(rope, c, q.data(), c.n_heads, T);
-    apply_rope(rope, c, k.data(), c.n_kv_heads, T);
-    for (int t = 0; t < T; ++t)
-      kv.write(tp[static_cast<size_t>(t)].slot, l, tp[static_cast<size_t>(t)].pos,
-               &k[static_cast<size_t>(t) * kvdim], &v[static_cast<size_t>(t) * kvdim]);
+    const int64_t xn = static_cast<int64_t>(n) * dim;
     attention(kv, l, tp, c, q.data(), att.data(), pool);
-    matmul(lw.wo, att.data(), T, tmp.data(), pool);
-    ops::add(x.data(), tmp.data(), static_cast<int64_t>(x.size()), x.data());
+    matmul(lw.wo, att.data(), n, tmp.data(), pool);
+    ops::add(x.data(), tmp.data(), xn, x.data());
 
-    for (int t = 0; t < T; ++t)
+    for (int t = 0; t < n; ++t)
       rmsnorm(&x[static_cast<size_t>(t) * dim], lw.ffn_norm.data(), dim, c.norm_eps,
               &h[static_cast<size_t>(t) * dim]);
-    const MoeRouting r = route(lw, h.data(), T, c.top_k, pool);
-    std::vector<float> y(static_cast<size_t>(T) * c.top_k * dim);
+    const MoeRouting r = route(lw, h.data(), n, c.top_k, pool);
+    std::vector<float> y(static_cast<size_t>(n) * c.top_k * dim);
     m.experts(l, h.data(), dim, r, y.data());
     combine_experts(r, y.data(), dim, tmp.data());
-    ops::add(x.data(), tmp.data(), static_cast<int64_t>(x.size()), x.data());
+    ops::add(x.data(), tmp.data(), xn, x.data());
   }
-  // From here x holds one row per wanted row (want[i] -> row i).
-  if (trim) {
-    const int l = c.n_layers - 1;
-    const LayerWeights& lw = m.weights.layers[static_cast<size_t>(l)];
-    {
-      const MatView kv2[2] = {lw.wk, lw.wv};
-      float* const out[2] = {k.data(), v.data()};
-      matmul_multi(kv2, out, 2, h.data(), T, pool);
-    }
-    apply_rope(rope, c, k.data(), c.n_kv_heads, T);
-    for (int t = 0; t < T; ++t)
-      kv.write(tp[static_cast<size_t>(t)].slot, l, tp[static_cast<size_t>(t)].pos,
-               &k[static_cast<size_t>(t) * kvdim], &v[static_cast<size_t>(t) * kvdim]);
-    std::vector<TokenPos> tpw(static_cast<size_t>(W));
-    std::vector<float> xw(static_cast<size_t>(W) * dim), hw(xw.size()), tw(xw.size());
-    for (int i = 0; i < W; ++i) {
-      const size_t src = static_cast<size_t>(want[static_cast<size_t>(i)]);
-      tpw[static_cast<size_t>(i)] = tp[src];
-      std::memcpy(&xw[static_cast<size_t>(i) * dim], &x[src * dim], sizeof(float) * dim);
-      std::memcpy(&hw[static_cast<size_t>(i) * dim], &h[src * dim], sizeof(float) * dim);
-    }
-    std::vector<float> qw(static_cast<size_t>(W) * qdim), aw(qw.size());
-    matmul(lw.wq, hw.data(), W, qw.data(), pool);
-    apply_rope(make_rope_table(tpw, c), c, qw.data(), c.n_heads, W);
-    attention(kv, l, tpw, c, qw.data(), aw.data(), pool);
-    matmul(lw.wo, aw.data(), W, tw.data(), pool);
-    ops::add(xw.data(), tw.data(), static_cast<int64_t>(xw.size()), xw.data());
-    for (int i = 0; i < W; ++i)
-      rmsnorm(&xw[static_cast<size_t>(i) * dim], lw.ffn_norm.data(), dim, c.norm_eps,
-              &hw[static_cast<size_t>(i) * dim]);
-    const MoeRouting r = route(lw, hw.data(), W, c.top_k, pool);
-    std::vector<float> y(static_cast<size_t>(W) * c.top_k * dim);
-    m.experts(l, hw.data(), dim, r, y.data());
-    combine_experts(r, y.data(), dim, tw.data());
-    ops::add(xw.data(), tw.data(), static_cast<int64_t>(xw.size()), xw.data());
-    x.swap(xw);
-  } else {
-    std::vector<float> xw(static_cast<size_t>(W) * dim);
-    for (int i = 0; i < W; ++i)
-      std::memcpy(&xw[static_cast<size_t>(i) * dim], &x[static_cast<size_t>(want[static_cast<size_t>(i)]) * dim],
-                  sizeof(float) * dim);
-    x.swap(xw);
-  }
+  if (n == T) keep_wanted(x, dim);  // x now holds the wanted rows (want[i] -> row i)
   // Positions are committed only after the whole step succeeded.
   for (const SeqChunk& s : batch) kv.set_length(s.slot, kv.length(s.slot) + static_cast<int>(s.tokens.size()));
   if (m.skip_logits) return {};
