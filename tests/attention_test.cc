@@ -27,10 +27,7 @@ using test::all_paths;
 using test::get;
 using test::put;
 
-struct PathGuard {
-  SimdPath saved = simd_path();
-  ~PathGuard() { set_simd_path(saved); }
-};
+using test::PathGuard;
 
 struct Rows {
   DType dt;

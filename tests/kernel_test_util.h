@@ -1,5 +1,6 @@
-// Helpers shared by the kernel tests (ops_test, attention_test): the SIMD paths this CPU runs,
-// and one value of a KV row in f32, f16 or bf16.
+// Helpers shared by the kernel tests (ops_test, attention_test, matmul_test): the SIMD paths
+// this CPU runs, a guard that restores the dispatch choice, and one value of a KV row in f32,
+// f16 or bf16.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -17,6 +18,12 @@ inline std::vector<SimdPath> all_paths() {
     if (cpu_supports(p)) v.push_back(p);
   return v;
 }
+
+// Restores the dispatch choice (set_simd_path) when a test ends.
+struct PathGuard {
+  SimdPath saved = simd_path();
+  ~PathGuard() { set_simd_path(saved); }
+};
 
 inline void put(DType dt, float v, uint8_t* dst) {
   if (dt == DType::F32) {

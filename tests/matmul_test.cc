@@ -22,6 +22,7 @@
 
 #include "kernels/half.h"
 #include "kernels/matmul.h"
+#include "kernel_test_util.h"
 #include "kernels/matmul_internal.h"
 #include "kernels/quant_blocks.h"
 #include "kernels/thread_pool.h"
@@ -40,10 +41,7 @@ std::vector<SimdPath> simd_paths() {
   return v;
 }
 
-struct PathGuard {  // restores the dispatch choice after a test
-  SimdPath saved = simd_path();
-  ~PathGuard() { set_simd_path(saved); }
-};
+using test::PathGuard;
 
 void put_f16(uint8_t* p, float v) {
   const uint16_t h = f32_to_f16(v);

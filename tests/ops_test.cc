@@ -24,10 +24,7 @@ using test::all_paths;
 using test::get;
 using test::put;
 
-struct PathGuard {
-  SimdPath saved = simd_path();
-  ~PathGuard() { set_simd_path(saved); }
-};
+using test::PathGuard;
 
 std::vector<float> randv(int64_t n, std::mt19937& rng, float lo = -3.f, float hi = 3.f) {
   std::uniform_real_distribution<float> u(lo, hi);
