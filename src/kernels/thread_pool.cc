@@ -60,23 +60,11 @@ ThreadPool::~ThreadPool() {
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
                               int64_t grain) {
-  if (n <= 0) return;
-  grain = std::max<int64_t>(1, grain);
-  if (n_threads_ == 1 || n <= grain) {
-    fn(0, n, 0);
-    return;
-  }
   post(n, fn, grain, false);
 }
 
 void ThreadPool::parallel_chunks(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
                                  int64_t chunk) {
-  if (n <= 0) return;
-  chunk = std::max<int64_t>(1, chunk);
-  if (n_threads_ == 1 || n <= chunk) {
-    fn(0, n, 0);
-    return;
-  }
   post(n, fn, chunk, true);
 }
 
@@ -97,6 +85,12 @@ void ThreadPool::run_share(int index) {
 
 void ThreadPool::post(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
                       int64_t grain, bool dynamic) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(1, grain);
+  if (n_threads_ == 1 || n <= grain) {  // not worth waking anyone
+    fn(0, n, 0);
+    return;
+  }
   job_ = &fn;
   job_n_ = n;
   job_grain_ = grain;
