@@ -208,6 +208,16 @@ TEST(HostileFiles, IndexNamesOnlyFilesInTheCheckpointFolder) {
   expect_error([&] { load_model(d); }, {d + "/model.safetensors.index.json", "not a plain file name"});
 }
 
+// A shard name longer than the filesystem allows (fuzz/corpus/st_index/name-too-long): the
+// existence check used to throw std::filesystem_error past the loader's own errors.
+TEST(HostileFiles, IndexNamingAnOverlongShardIsAnErrorNamingIt) {
+  const std::string d = test::tmp_dir("hostile-index-long");
+  fs::copy_file(tiny("hf/config.json"), d + "/config.json");
+  const std::string name(300, 'x');
+  write_file(d + "/model.safetensors.index.json", R"({"weight_map": {"lm_head.weight": ")" + name + R"("}})");
+  expect_error([&] { load_model(d); }, {d + "/" + name, "cannot be checked", "File name too long"});
+}
+
 // ---- E: numbers out of range are named, with their file and field -------------------------
 
 TEST(HostileNumbers, ConfigIntegersAreRangeCheckedBeforeNarrowing) {

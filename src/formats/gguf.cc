@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "formats/error.h"
+#include "formats/file_probe.h"
 
 namespace fs = std::filesystem;
 
@@ -535,7 +536,7 @@ TokenizerSource read_tokenizer(const GgufFile& g, int vocab) {
   const std::string& path = g.path;
   TokenizerSource t;
   const fs::path sp = fs::path(path).parent_path() / "tokenizer.model";
-  if (fs::is_regular_file(sp)) t.model_path = sp.string();
+  if (is_regular_path(sp)) t.model_path = sp.string();
   if (g.has("tokenizer.ggml.tokens")) t.pieces = g.get_string_array("tokenizer.ggml.tokens");
   const size_t n = t.pieces.size();
   if (g.has("tokenizer.ggml.scores")) {

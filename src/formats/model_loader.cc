@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "formats/error.h"
+#include "formats/file_probe.h"
 #include "formats/expert_split.h"
 #include "formats/safetensors_checkpoint.h"
 
@@ -17,23 +18,23 @@ LoadedModel load_weight_cache(const std::string& dir, const LoadOptions& opts);
 
 namespace {
 
-bool has(const fs::path& p) { return fs::exists(p); }
+bool has(const fs::path& p) { return path_exists(p); }
 
 bool has_ext(const fs::path& dir, const std::string& prefix, const std::string& ext) {
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const std::string n = e.path().filename().string();
-    if (n.rfind(prefix, 0) == 0 && e.path().extension() == ext) return true;
+  for (const fs::path& e : list_directory(dir)) {
+    const std::string n = e.filename().string();
+    if (n.rfind(prefix, 0) == 0 && e.extension() == ext) return true;
   }
   return false;
 }
 
 std::string single_gguf(const fs::path& dir) {
   std::string found;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (e.path().extension() == ".gguf") {
+  for (const fs::path& e : list_directory(dir)) {
+    if (e.extension() == ".gguf") {
       if (!found.empty())
         fail(dir.string() + ": holds several .gguf files; pass the one to load as --model");
-      found = e.path().string();
+      found = e.string();
     }
   }
   return found;
@@ -49,8 +50,8 @@ const char* kLookedFor =
 
 std::string detect_layout(const std::string& path) {
   const fs::path p(path);
-  if (!fs::exists(p)) fail(path + ": no such file or folder");
-  if (fs::is_regular_file(p)) {
+  if (!path_exists(p)) fail(path + ": no such file or folder");
+  if (is_regular_path(p)) {
     if (p.extension() == ".gguf") return "gguf";
     if (p.extension() == ".pth" || p.extension() == ".pt") return "pth";
     if (p.filename() == "manifest.json") return "cache";
@@ -79,9 +80,9 @@ LoadedModel load_model(const std::string& path, const LoadOptions& opts) {
   } else if (layout == "pth") {
     m = load_torch_checkpoint(path, opts);
   } else if (layout == "gguf") {
-    m = load_gguf(fs::is_directory(path) ? single_gguf(path) : path, opts);
+    m = load_gguf(is_directory_path(path) ? single_gguf(path) : path, opts);
   } else {
-    m = load_weight_cache(fs::is_regular_file(path) ? fs::path(path).parent_path().string() : path, opts);
+    m = load_weight_cache(is_regular_path(path) ? fs::path(path).parent_path().string() : path, opts);
   }
   const int E = m.config.n_experts;
   if (!opts.owner.empty()) {

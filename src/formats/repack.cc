@@ -14,6 +14,7 @@
 #include <set>
 
 #include "formats/error.h"
+#include "formats/file_probe.h"
 #include "formats/mapped_file.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors_writer.h"
@@ -240,7 +241,7 @@ std::string stale_reason(const fs::path& out, const RepackOptions& o,
 // half-written folder is visible under `out`.
 void install(const fs::path& tmp, const fs::path& out) {
   std::error_code ec;
-  if (!fs::exists(out)) {
+  if (!path_exists(out)) {
     fs::rename(tmp, out, ec);
     if (ec) fail(out.string() + ": cannot rename " + tmp.string() + " to it: " + ec.message());
   } else if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, out.c_str(), RENAME_EXCHANGE) == 0) {
@@ -278,16 +279,16 @@ RepackResult repack(const RepackOptions& o) {
   if (o.out.empty()) fail("--out: no folder given");
   fs::path out = fs::absolute(fs::path(o.out)).lexically_normal();
   if (out.filename().empty()) out = out.parent_path();  // "dir/" → "dir"
-  if (!fs::exists(o.model)) fail(o.model + ": no such file or folder");
+  if (!path_exists(o.model)) fail(o.model + ": no such file or folder");
   const fs::path src = fs::absolute(fs::path(o.model)).lexically_normal();
-  if (src == out || (fs::is_regular_file(src) && src.parent_path() == out))
+  if (src == out || (is_regular_path(src) && src.parent_path() == out))
     fail(o.out + ": is the source itself; choose another --out");
 
   RepackResult res;
   res.out = out.string();
   const std::vector<SourceFileStamp> stamps = fingerprint_source(o.model);
-  if (fs::exists(out)) {
-    if (!fs::is_directory(out)) fail(o.out + ": exists and is not a folder");
+  if (path_exists(out)) {
+    if (!is_directory_path(out)) fail(o.out + ": exists and is not a folder");
     if (looks_like_cache(out)) {
       const std::string why = stale_reason(out, o, stamps);
       if (why.empty()) {
@@ -295,15 +296,19 @@ RepackResult repack(const RepackOptions& o) {
         return res;
       }
       log("rebuilding " + out.string() + ": " + why);
-    } else if (!fs::is_empty(out)) {
+    } else if (!list_directory(out).empty()) {
       fail(o.out + ": exists, is not empty and holds no mixtral cache; refusing to replace it "
            "(choose another --out or remove it)");
     }
   }
-  fs::create_directories(out.parent_path());
-  for (const auto& e : fs::directory_iterator(out.parent_path()))
-    if (e.path().filename().string().rfind(out.filename().string() + ".tmp-", 0) == 0)
-      log("note: " + e.path().string() + " is left over from an interrupted repack; delete it");
+  {
+    std::error_code ec;
+    fs::create_directories(out.parent_path(), ec);
+    if (ec) fail(out.parent_path().string() + ": cannot create: " + ec.message());
+  }
+  for (const fs::path& e : list_directory(out.parent_path()))
+    if (e.filename().string().rfind(out.filename().string() + ".tmp-", 0) == 0)
+      log("note: " + e.string() + " is left over from an interrupted repack; delete it");
 
   const LoadedModel m = load_model(o.model);
   const ModelConfig& c = m.config;

@@ -8,6 +8,7 @@
 
 #include "formats/config_files.h"
 #include "formats/error.h"
+#include "formats/file_probe.h"
 #include "formats/json_input.h"
 #include "formats/safetensors.h"
 
@@ -124,9 +125,9 @@ void add_file(LoadedModel& m, const std::string& path, NameMap map, const LoadOp
 
 void set_tokenizer(LoadedModel& m, const std::string& dir) {
   const fs::path tok = fs::path(dir) / "tokenizer.model";
-  if (fs::exists(tok)) {
+  if (path_exists(tok)) {
     // SentencePiece would block reading a FIFO; refuse anything but a file here.
-    if (!fs::is_regular_file(tok)) fail(tok.string() + ": not a regular file");
+    if (!is_regular_path(tok)) fail(tok.string() + ": not a regular file");
     m.tokenizer.model_path = tok.string();
   }
   m.tokenizer.bos_id = m.config.bos_id;
@@ -143,7 +144,7 @@ LoadedModel load_hf_checkpoint(const std::string& dir, const LoadOptions& opts) 
   m.config = read_hf_config((fs::path(dir) / "config.json").string());
   std::vector<std::string> shards;
   const fs::path index = fs::path(dir) / "model.safetensors.index.json";
-  if (fs::exists(index)) {
+  if (path_exists(index)) {
     const nlohmann::json j = read_json_file(index.string());
     if (!j.contains("weight_map") || !j["weight_map"].is_object())
       fail(index.string() + ": missing required field 'weight_map'");
@@ -159,13 +160,13 @@ LoadedModel load_hf_checkpoint(const std::string& dir, const LoadOptions& opts) 
       files.insert(f);
     }
     for (const auto& f : files) shards.push_back((fs::path(dir) / f).string());
-  } else if (fs::exists(fs::path(dir) / "model.safetensors")) {
+  } else if (path_exists(fs::path(dir) / "model.safetensors")) {
     shards.push_back((fs::path(dir) / "model.safetensors").string());
   } else {
     fail(dir + ": HF checkpoint has neither model.safetensors.index.json nor model.safetensors");
   }
   for (const auto& s : shards) {
-    if (!fs::exists(s)) fail(s + ": shard listed in model.safetensors.index.json is missing");
+    if (!path_exists(s)) fail(s + ": shard listed in model.safetensors.index.json is missing");
     add_file(m, s, hf_canonical_name, opts);
   }
   set_tokenizer(m, dir);

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
+#include "formats/file_probe.h"
 #include "formats/json_input.h"
 #include "formats/mapped_file.h"
 #include "formats/safetensors_writer.h"
@@ -80,14 +81,14 @@ SourceFileStamp stamp(const fs::path& p, const std::string& name) {
 std::vector<SourceFileStamp> fingerprint_source(const std::string& model_path) {
   const fs::path p(model_path);
   std::vector<SourceFileStamp> out;
-  if (fs::is_directory(p)) {
-    for (const auto& e : fs::directory_iterator(p))
-      if (e.is_regular_file()) out.push_back(stamp(e.path(), e.path().filename().string()));
+  if (is_directory_path(p)) {
+    for (const fs::path& e : list_directory(p))
+      if (is_regular_path(e)) out.push_back(stamp(e, e.filename().string()));
   } else {
     out.push_back(stamp(p, p.filename().string()));
     // A GGUF file picks up the tokenizer.model next to it.
     const fs::path tok = p.parent_path() / "tokenizer.model";
-    if (p.filename() != "tokenizer.model" && fs::is_regular_file(tok))
+    if (p.filename() != "tokenizer.model" && is_regular_path(tok))
       out.push_back(stamp(tok, "tokenizer.model"));
   }
   std::sort(out.begin(), out.end(),
@@ -374,7 +375,7 @@ std::string slurp(const std::string& path, uint64_t limit) { return read_regular
 
 CacheManifest read_cache_manifest(const std::string& dir) {
   const std::string path = (fs::path(dir) / kCacheManifest).string();
-  if (!fs::exists(path))
+  if (!path_exists(path))
     fail(dir + ": no " + std::string(kCacheManifest) +
          " (not a mixtral repack cache, or a repack that did not finish)");
   return parse_cache_manifest(slurp(path, uint64_t{64} << 20), path);
@@ -515,7 +516,7 @@ void verify_weight_cache(const std::string& dir, const LoadOptions& opts) {
   const CacheManifest m = read_cache_manifest(dir);
   for (const CacheFileEntry* f : needed_files(m, opts)) {
     const std::string path = (fs::path(dir) / f->name).string();
-    if (!fs::exists(path)) fail(missing_file_msg(path, *f, opts));
+    if (!path_exists(path)) fail(missing_file_msg(path, *f, opts));
     auto mf = MappedFile::open(path);
     if (mf->size() != f->size)
       fail(path + ": is " + std::to_string(mf->size()) + " bytes, the manifest says " +
@@ -538,7 +539,7 @@ LoadedModel load_weight_cache(const std::string& dir, const LoadOptions& opts) {
     auto it = opened.find(f.name);
     if (it != opened.end()) return *it->second;
     const std::string path = (fs::path(dir) / f.name).string();
-    if (!fs::exists(path)) fail(missing_file_msg(path, f, opts));
+    if (!path_exists(path)) fail(missing_file_msg(path, f, opts));
     auto file = MappedFile::open(path);
     if (file->size() != f.size)
       fail(path + ": is " + std::to_string(file->size()) + " bytes, the manifest says " +
@@ -573,14 +574,14 @@ LoadedModel load_weight_cache(const std::string& dir, const LoadOptions& opts) {
   tok.add_dummy_prefix = mf.add_dummy_prefix;
   tok.chat_template = mf.chat_template;
   const fs::path model_file = fs::path(dir) / "tokenizer.model";
-  if (fs::exists(model_file)) {
+  if (path_exists(model_file)) {
     // SentencePiece would block reading a FIFO; refuse anything but a file here.
-    if (!fs::is_regular_file(model_file)) fail(model_file.string() + ": not a regular file");
+    if (!is_regular_path(model_file)) fail(model_file.string() + ": not a regular file");
     tok.model_path = model_file.string();
   }
   if (!mf.tokenizer_vocab_file.empty()) {
     const std::string p = (fs::path(dir) / mf.tokenizer_vocab_file).string();
-    if (!fs::exists(p)) {
+    if (!path_exists(p)) {
       if (tok.model_path.empty()) fail(p + ": missing; it holds the model's vocabulary");
     } else {
       const std::string text = slurp(p, uint64_t{256} << 20);
