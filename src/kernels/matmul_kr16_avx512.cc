@@ -145,6 +145,94 @@ struct KR16 {
     }
   }
 
+  // One token (decode), Q4_K / Q5_K: the same integer sums as sb_q45<1> (so the same bits),
+  // scheduled for a single token. Each 64-byte plane is loaded once for its two sub-blocks (low
+  // and high nibbles), and each sub-block's 8 products go to two chains: with one token there is
+  // no other token's work to hide vpdpbusd's latency behind, and the loads are the bottleneck.
+  __attribute__((always_inline)) static void sb1_q45(const uint8_t* ch, const int8_t* x, const int16_t* bs,
+                                                     __m512i* isum_out, __m512i* imin_out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), k3f = _mm512_set1_epi32(0x3f3f3f3f);
+    const __m512i k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
+    const __m512i A = ld(ch + 2112), B = ld(ch + 2176), C = ld(ch + 2240);
+    const __m512i sclo = _mm512_and_si512(A, k3f), mlo = _mm512_and_si512(B, k3f);
+    const __m512i schi = _mm512_or_si512(_mm512_and_si512(C, k0f), _mm512_and_si512(_mm512_srli_epi32(A, 2), k30));
+    const __m512i mhi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(C, 4), k0f),
+                                        _mm512_and_si512(_mm512_srli_epi32(B, 2), k30));
+    const __m512i ff = _mm512_set1_epi32(0xff);
+    __m512i isum = _mm512_setzero_si512();
+    MX_UNROLL for (int sp = 0; sp < 4; ++sp) {
+      const uint8_t* q = ch + 512 * sp;
+      const int8_t* xs = x + 64 * sp;
+      __m512i S[4];
+      MX_UNROLL for (int i = 0; i < 4; ++i) S[i] = _mm512_setzero_si512();
+      MX_UNROLL for (int v = 0; v < 8; ++v) {
+        __m512i raw = ld(q + 64 * v);
+        __asm__("" : "+v"(raw));  // one load for both nibbles (GCC would fold it into each use)
+        __m512i lo = _mm512_and_si512(raw, m4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+        if constexpr (kFive) {
+          const __mmask64 hl = _cvtu64_mask64(ld64(ch + 2304 + 64 * (2 * sp) + 8 * v));
+          const __mmask64 hh = _cvtu64_mask64(ld64(ch + 2304 + 64 * (2 * sp + 1) + 8 * v));
+          lo = _mm512_mask_add_epi8(lo, hl, lo, _mm512_set1_epi8(16));
+          hi = _mm512_mask_add_epi8(hi, hh, hi, _mm512_set1_epi8(16));
+        }
+        S[v >> 2] = dpbusd_bcast(S[v >> 2], lo, xs + 4 * v);
+        S[2 + (v >> 2)] = dpbusd_bcast(S[2 + (v >> 2)], hi, xs + 32 + 4 * v);
+      }
+      const __m512i sc_lo = _mm512_and_si512(_mm512_srli_epi32(sp < 2 ? sclo : schi, 8 * ((2 * sp) & 3)), ff);
+      const __m512i sc_hi = _mm512_and_si512(_mm512_srli_epi32(sp < 2 ? sclo : schi, 8 * ((2 * sp + 1) & 3)), ff);
+      isum = _mm512_add_epi32(isum, _mm512_add_epi32(_mm512_mullo_epi32(_mm512_add_epi32(S[0], S[1]), sc_lo),
+                                                     _mm512_mullo_epi32(_mm512_add_epi32(S[2], S[3]), sc_hi)));
+    }
+    const __m512i lane_off = _mm512_set4_epi32(0x000C000C, 0x00080008, 0x00040004, 0);
+    const __m512i c01 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(0x80018000u)), lane_off);
+    const __m512i c23 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(0x80038002u)), lane_off);
+    __m512i m0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_shuffle_epi8(mlo, c01), bcast32(bs));
+    __m512i m1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_shuffle_epi8(mlo, c23), bcast32(bs + 2));
+    m0 = _mm512_dpwssd_epi32(m0, _mm512_shuffle_epi8(mhi, c01), bcast32(bs + 4));
+    m1 = _mm512_dpwssd_epi32(m1, _mm512_shuffle_epi8(mhi, c23), bcast32(bs + 6));
+    *imin_out = _mm512_add_epi32(m0, m1);
+    *isum_out = isum;
+  }
+
+  // One token, Q6_K: sb_q6<1>'s integer sums. Per plane index v the two nibble planes and the
+  // high-bit plane are loaded once and give all four 32-value parts; eight short chains.
+  __attribute__((always_inline)) static void sb1_q6(const uint8_t* ch, const int8_t* x, const int16_t* bs,
+                                                    __m512i* isum_out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
+    MX_UNROLL for (int i = 0; i < 8; i += 2) {
+      const __m512i sa = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 3072 + 32 * i)));
+      const __m512i sb = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 3072 + 32 * i + 32)));
+      c0 = _mm512_dpwssd_epi32(c0, sa, bcast32(bs + 2 * i));
+      c1 = _mm512_dpwssd_epi32(c1, sb, bcast32(bs + 2 * i + 2));
+    }
+    __m512i isum = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_add_epi32(c0, c1), 5));
+    MX_UNROLL for (int n = 0; n < 2; ++n) {
+      const uint8_t* half = ch + 1536 * n;
+      __m512i S[8];  // part c's products of planes 0-3 in S[2c], of planes 4-7 in S[2c+1]
+      MX_UNROLL for (int i = 0; i < 8; ++i) S[i] = _mm512_setzero_si512();
+      MX_UNROLL for (int v = 0; v < 8; ++v) {
+        __m512i r0 = ld(half + 64 * v), r1 = ld(half + 512 + 64 * v), H = ld(half + 1024 + 64 * v);
+        __asm__("" : "+v"(r0), "+v"(r1), "+v"(H));  // each loaded once for its four uses
+        const __m512i w[4] = {
+            _mm512_ternarylogic_epi32(_mm512_and_si512(r0, m4), _mm512_slli_epi16(H, 4), m30, 0xF8),
+            _mm512_ternarylogic_epi32(_mm512_and_si512(r1, m4), _mm512_slli_epi16(H, 2), m30, 0xF8),
+            _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(r0, 4), m4), H, m30, 0xF8),
+            _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(r1, 4), m4), _mm512_srli_epi16(H, 2), m30, 0xF8)};
+        MX_UNROLL for (int c = 0; c < 4; ++c)
+          S[2 * c + (v >> 2)] = dpbusd_bcast(S[2 * c + (v >> 2)], w[c], x + 128 * n + 32 * c + 4 * v);
+      }
+      MX_UNROLL for (int c = 0; c < 4; ++c) {
+        const __m512i sp = _mm512_cvtepi8_epi16(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 3072 + 32 * (4 * n + c))));
+        const __m512i sc_e = _mm512_srai_epi32(_mm512_slli_epi32(sp, 16), 16), sc_o = _mm512_srai_epi32(sp, 16);
+        isum = _mm512_add_epi32(isum, _mm512_add_epi32(_mm512_mullo_epi32(S[2 * c], sc_e),
+                                                       _mm512_mullo_epi32(S[2 * c + 1], sc_o)));
+      }
+    }
+    *isum_out = isum;
+  }
+
   // Q6_K super-block at ch: isum[j] = sum_s sc_s * (S_s - 32 * bsum16_s) (weights stored + 32).
   template <int NT, bool kPre>
   static void sb_q6(const uint8_t* ch, const uint8_t* pre, const int8_t* const* xq,
@@ -198,11 +286,13 @@ struct KR16 {
       const uint8_t* dp = ch + (kSix ? 3328 : 2048);
       const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dp)));
       if constexpr (kSix) {
-        sb_q6<NT, kPre>(ch, kPre ? pre + b * kPlanes : nullptr, xq, bs, b, isum);
+        if constexpr (NT == 1 && !kPre) sb1_q6(ch, xq[0] + 256 * b, bs[0] + 16 * b, isum);
+        else sb_q6<NT, kPre>(ch, kPre ? pre + b * kPlanes : nullptr, xq, bs, b, isum);
         MX_UNROLL for (int j = 0; j < NT; ++j)
           acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(d, _mm512_set1_ps(xd[j][b])), acc[j]);
       } else {
-        sb_q45<NT, kPre>(ch, kPre ? pre + b * kPlanes : nullptr, xq, bs, b, isum, imin);
+        if constexpr (NT == 1 && !kPre) sb1_q45(ch, xq[0] + 256 * b, bs[0] + 8 * b, isum, imin);
+        else sb_q45<NT, kPre>(ch, kPre ? pre + b * kPlanes : nullptr, xq, bs, b, isum, imin);
         const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dp + 32)));
         MX_UNROLL for (int j = 0; j < NT; ++j) {
           const __m512 dx = _mm512_set1_ps(xd[j][b]);
