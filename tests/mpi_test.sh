@@ -132,6 +132,20 @@ grep -q '^placement: rank 0 ([^)]*): expert 0 rows 0-63; .*rank 8 ([^)]*): exper
   pass "-np 16: placement shows each rank's rows" || fail "-np 16 placement line: $(grep placement "$W/err.16")"
 grep -q '; rank 7 ([^)]*): expert 7; rank 8 ([^)]*): expert 0 rows 64-127$' "$W/err.9" &&
   pass "-np 9: only expert 0 split" || fail "-np 9 placement line: $(grep placement "$W/err.9")"
+# Per-rank bundles of a `repack --ranks 9` cache: each rank gets only the files its manifest
+# list names (rank 8: shared.bin and expert 0's file, of which it maps rows 64-127).
+run "$W/err" "$W/err" "$BIN" repack --model "$MODEL" --out "$W/c9" --ranks 9
+exited_ok "repack --ranks 9" "$W/err"
+for r in $(seq 0 8); do
+  mkdir -p "$W/b9-$r" && cp "$W/c9/manifest.json" "$W/b9-$r/" &&
+    python3 -c "import json,sys; print('\n'.join(json.load(open(sys.argv[1]))['ranks']['files'][int(sys.argv[2])]))" \
+      "$W/c9/manifest.json" "$r" | while read -r f; do cp "$W/c9/$f" "$W/b9-$r/"; done
+done
+[[ ! -e $W/b9-8/expert-001.bin && -e $W/b9-8/expert-000.bin ]] && pass "repack --ranks 9: rank 8's bundle holds expert 0 only" ||
+  fail "rank 8's bundle: $(ls "$W/b9-8")"
+run "$W/score.b9" "$W/err" "${MPIRUN[@]}" -np 9 "$BIN" score --model "$W/b9-{rank}" --cases "$CASES"
+exited_ok "score -np 9 from per-rank bundles" "$W/err"
+same "score --cases, -np 9 from per-rank bundles of a --ranks 9 cache" "$W/score.ref" "$W/score.b9"
 
 # A placement file places whole experts: with more ranks than experts it is refused, naming the
 # file, and every rank exits non-zero. Each rank records its own exit code through a wrapper

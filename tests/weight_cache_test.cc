@@ -514,9 +514,11 @@ TEST(Repack, RefusesToReplaceSomethingElse) {
   const auto bad = run_cli("repack --model " + kHf + " --out " + root + "/x --dtype q5");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.err.find("--dtype must be one of"), std::string::npos) << bad.err;
-  const auto ranks = run_cli("repack --model " + kHf + " --out " + root + "/x --ranks 9");
+  // 65 ranks would split each of the 8 experts 9 ways; its 128 hidden rows are 8 groups of 16.
+  const auto ranks = run_cli("repack --model " + kHf + " --out " + root + "/x --ranks 65");
   EXPECT_NE(ranks.exit_code, 0);
-  EXPECT_NE(ranks.err.find("--ranks 9 is more than the model's 8 experts"), std::string::npos) << ranks.err;
+  EXPECT_NE(ranks.err.find("--ranks 65: " + kHf + ": expert hidden size 128 has only 8 16-row groups, too few to split over 9 ranks"),
+            std::string::npos) << ranks.err;
   EXPECT_FALSE(fs::exists(root + "/x"));
   for (const auto& e : fs::directory_iterator(root))  // failed runs clean up their tmp folder
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
@@ -618,6 +620,28 @@ TEST(Ranks, AHostNeedsOnlyItsOwnExpertFiles) {
   expect_error([&] { load_model(dir, r1); }, dir + "/expert-005.bin: missing");
   fs::remove(dir + "/shared.bin");
   expect_error([&] { load_model(dir, r1); }, dir + "/shared.bin: missing; every rank needs it");
+}
+
+// More ranks than experts (split experts): rank 9 of 16 holds part 1 of expert 1, so its bundle
+// is the shared file and expert 1's, and it loads from just those.
+TEST(Ranks, SplitRanksListAndNeedOnlyTheirExpertsFile) {
+  const std::string dir = tmp_dir("wc-ranks16") + "/c";
+  ASSERT_NE(repack_cli(kHf, dir, "--dtype q8 --ranks 16").find("wrote"), std::string::npos);
+  const json m = manifest(dir);
+  ASSERT_EQ(m["ranks"]["count"], 16);
+  const auto r9 = m["ranks"]["files"][9].get<std::vector<std::string>>();
+  const std::vector<std::string> want = {"shared.bin", "expert-001.bin", "tokenizer.model"};
+  EXPECT_EQ(std::set<std::string>(r9.begin(), r9.end()), std::set<std::string>(want.begin(), want.end()));
+  for (int e = 0; e < 8; ++e)
+    if (e != 1) fs::remove(dir + "/" + cache_expert_file(e));
+  LoadOptions r;
+  r.rank = 9;
+  r.n_ranks = 16;
+  const LoadedModel lm = load_model(dir, r);
+  EXPECT_TRUE(lm.store.has("layers.0.experts.1.w2"));
+  EXPECT_FALSE(lm.store.has("layers.0.experts.0.w1"));
+  r.rank = 8;  // part 1 of expert 0, whose file is gone
+  expect_error([&] { load_model(dir, r); }, dir + "/expert-000.bin: missing; this rank (8 of 16) owns expert 0");
 }
 
 // ---- broken caches -----------------------------------------------------------------------

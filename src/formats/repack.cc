@@ -14,6 +14,7 @@
 #include <set>
 
 #include "formats/error.h"
+#include "formats/expert_split.h"
 #include "formats/file_probe.h"
 #include "formats/mapped_file.h"
 #include "formats/model_loader.h"
@@ -312,9 +313,11 @@ RepackResult repack(const RepackOptions& o) {
 
   const LoadedModel m = load_model(o.model);
   const ModelConfig& c = m.config;
+  // More ranks than experts split each expert's hidden rows (formats/expert_split.h); a rank
+  // still lists its expert's whole file, of which it maps only its part.
   if (o.ranks > c.n_experts)
-    fail("--ranks " + std::to_string(o.ranks) + " is more than the model's " + std::to_string(c.n_experts) +
-         " experts");
+    expert_rows(c.ffn_dim, (o.ranks + c.n_experts - 1) / c.n_experts, 0,
+                "--ranks " + std::to_string(o.ranks) + ": " + o.model + ": expert hidden size");
 
   const fs::path tmp = out.string() + ".tmp-" + std::to_string(::getpid());
   std::error_code ec;

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
+#include "formats/expert_split.h"
 #include "formats/file_probe.h"
 #include "formats/json_input.h"
 #include "formats/mapped_file.h"
@@ -346,9 +347,12 @@ CacheManifest parse_cache_manifest(const std::string& text, const std::string& p
   if (j.contains("ranks") && !j["ranks"].is_null()) {
     const json& rk = j["ranks"];
     const int64_t count = r.i64(rk, "count", "ranks.");
-    if (count < 1 || count > m.config.n_experts)
-      fail(path + ": field 'ranks.count' (" + std::to_string(count) + ") must be 1 to the " +
-           std::to_string(m.config.n_experts) + " experts");
+    // Up to one rank per 16-row group of every expert (split experts, formats/expert_split.h).
+    const int64_t most = static_cast<int64_t>(m.config.n_experts) * std::max<int64_t>(1, m.config.ffn_dim / kSplitRows);
+    if (count < 1 || count > most)
+      fail(path + ": field 'ranks.count' (" + std::to_string(count) + ") must be 1 to " +
+           std::to_string(most) + " (" + std::to_string(m.config.n_experts) + " experts of " +
+           std::to_string(m.config.ffn_dim / kSplitRows) + " 16-row groups)");
     const json& rf = r.field(rk, "files", "ranks.");
     if (!rf.is_array() || static_cast<int64_t>(rf.size()) != count)
       fail(path + ": field 'ranks.files' must hold one list per rank");
