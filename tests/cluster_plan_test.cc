@@ -89,7 +89,33 @@ TEST(ClusterPlan, Batch1RoutingExpectations) {
   const PlanFigure f16 = predict_cluster(in);
   EXPECT_DOUBLE_EQ(f16.expert_share, 0.5);
   EXPECT_DOUBLE_EQ(f16.host_experts, 0.5);
-  EXPECT_DOUBLE_EQ(f16.rows_exchanged, 4);  // 2 pairs x 2 partial rows
+  EXPECT_DOUBLE_EQ(f16.rows_exchanged, 2);  // 2 pairs, each sent as 2 half rows
+}
+
+TEST(ClusterPlan, SplitExpertsExchangeAsTheRuntimeDoes) {
+  // 16 hosts, every token picks all 8 experts (no randomness), batch 1: host h holds half of
+  // expert h mod 8's hidden rows (7168) and output rows (2048). Per layer it sends its 2048
+  // output floats to 15 hosts (122880 B) and its 7168 hidden floats to its expert's other host
+  // (28672 B): 151552 B, and receives as much. Latency: the row exchange (50 + 15 x 10 us) and
+  // the hidden swap (50 + 1 x 10 us); 151552 B at 1 Gbit/s = 1212.416 us; 2 layers + the
+  // step message (50 + 15 x 10 us).
+  PlanInput in = base();
+  in.shape.top_k = 8;
+  in.shape.layers = 2;
+  in.hosts = 16;
+  in.link_gbit = 1;
+  in.link_us = 50;
+  in.msg_us = 10;
+  const PlanFigure f = predict_cluster(in);
+  EXPECT_DOUBLE_EQ(f.egress_bytes, 151552);
+  EXPECT_DOUBLE_EQ(f.rows_exchanged, 8);
+  EXPECT_NEAR(f.exchange_ms, (2 * (200 + 60 + 1212.416) + 200) * 1e-3, 1e-12);
+  EXPECT_DOUBLE_EQ(f.expert_share, 0.5);
+  // 12 hosts: experts 0-3 in halves, 4-7 whole; the slowest hosts hold whole experts.
+  in.hosts = 12;
+  const PlanFigure f12 = predict_cluster(in);
+  EXPECT_DOUBLE_EQ(f12.host_experts, 1.0);
+  EXPECT_DOUBLE_EQ(f12.expert_share, 1.0);  // RAM: hosts 4-7 hold a whole expert
 }
 
 TEST(ClusterPlan, MonotoneInBandwidthAndPeak) {
@@ -129,8 +155,10 @@ TEST(ClusterPlan, MonotoneInBandwidthAndPeak) {
 
 TEST(ClusterPlan, BadInputNamesTheOption) {
   PlanInput in = base();
-  in.hosts = 12;
-  EXPECT_NE(error_of(in).find("--hosts: 12 is not possible"), std::string::npos) << error_of(in);
+  in.hosts = 12;  // experts 0-3 split in two, 4-7 whole: possible
+  EXPECT_EQ(error_of(in), "(no error)");
+  in.hosts = 8 * 256 + 1;  // dim 4096 is 256 groups of 16 output rows: one more host than that
+  EXPECT_NE(error_of(in).find("--hosts: 2049 is not possible: give 1 to 2048 hosts"), std::string::npos) << error_of(in);
   in.hosts = 0;
   EXPECT_NE(error_of(in).find("--hosts"), std::string::npos);
   in = base();

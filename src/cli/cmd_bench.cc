@@ -126,7 +126,7 @@ Command add_bench(CLI::App& app) {
                 "predict decode tokens/s of Mixtral-8x7B over N hosts (expert parallelism) from the ceilings, "
                 "the link and the exchange bytes, instead of running a model (docs/distributed.md)");
   auto plan_only = [&](CLI::Option* opt) { a->plan_only.push_back(opt); };
-  plan_only(sub->add_option("--hosts", a->hosts, "--plan: comma-separated host counts (1-8, or multiples of 8)")
+  plan_only(sub->add_option("--hosts", a->hosts, "--plan: comma-separated host counts (past 8, experts are split over hosts as under mpirun)")
                 ->default_str("1,2,4,8,16"));
   plan_only(sub->add_option("--plan-cache", a->caches, "--plan: caches to predict, q8 (q8_0r16) and/or q4 (q4_0r16)")
                 ->default_str("q8,q4"));

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "formats/error.h"
+#include "formats/expert_split.h"
 
 namespace mx {
 
@@ -27,11 +28,13 @@ void check(const PlanInput& in) {
     fail("plan shape: top_k " + std::to_string(s.top_k) + " of " + std::to_string(s.experts) + " experts is not possible");
   if (s.dim % 32 != 0 || s.ffn % 32 != 0 || s.dim < 32 || s.ffn < 32)
     fail("plan shape: dim and ffn must be positive multiples of 32 (quant blocks)");
-  if (in.hosts < 1 || (in.hosts > s.experts && in.hosts % s.experts != 0) || in.hosts > 8 * s.experts)
-    fail("--hosts: " + std::to_string(in.hosts) + " is not possible: give 1 to " + std::to_string(s.experts) +
-         " hosts (whole experts each), or a multiple of " + std::to_string(s.experts) + " up to " +
-         std::to_string(8 * s.experts) + " (each expert's hidden dimension split over hosts/" +
-         std::to_string(s.experts) + " hosts)");
+  // Past one host per expert, experts are split in 16-row groups of the hidden size (and of
+  // dim for w2's rows), as the runtime splits them (formats/expert_split.h).
+  const int most = s.experts * static_cast<int>(std::min(s.ffn, s.dim) / kSplitRows);
+  if (in.hosts < 1 || in.hosts > most)
+    fail("--hosts: " + std::to_string(in.hosts) + " is not possible: give 1 to " + std::to_string(most) +
+         " hosts (up to " + std::to_string(s.experts) + " hold whole experts; more split each expert's rows in " +
+         std::to_string(kSplitRows) + "-row groups)");
   if (in.batch < 1 || in.batch > 4096) fail("--batch: sizes must be in [1, 4096], not " + std::to_string(in.batch));
   if (!(in.read_gbps > 0) || !std::isfinite(in.read_gbps))
     fail("--read-gbps: a host's read bandwidth must be > 0 GB/s, not " + num(in.read_gbps));
@@ -75,25 +78,36 @@ PlanFigure predict_cluster(const PlanInput& in) {
   const double attn_ops = 2.0 * (2.0 * s.dim * q_dim + 2.0 * s.dim * kv_dim + s.dim * s.experts);
   const double expert_ops = 2.0 * 3.0 * s.dim * s.ffn;  // per (token, expert) pair
   const double row = 4.0 * s.dim;                       // one f32 expert output row
+  const double hid_row = 4.0 * s.ffn;                   // one f32 hidden row (split experts)
   const int n = in.hosts;
   const bool split = n > s.experts;
-  const int per_expert = split ? n / s.experts : 1;  // hosts sharing one expert's hidden rows
 
   // Host h's experts: the default contiguous blocks (first E mod N hosts hold one more), or
-  // with N > E, the 1/(N/E) slice `h mod (N/E)` of expert h / (N/E).
-  std::vector<int> first(n), count(n);
+  // with N > E the runtime's split: host h holds part h / E of expert h mod E, i.e. its share
+  // of the hidden rows (w1/w3) and of the output rows (w2), and it swaps hidden rows with the
+  // expert's other hosts before w2 (runtime/expert_parallel.cc, run_split_expert).
+  std::vector<int> first(n), count(n), parts(n, 1);
+  std::vector<double> hid(n, 1.0), out(n, 1.0);  // fractions of the hidden / output rows held
   for (int h = 0, e = 0; h < n; ++h) {
     if (split) {
-      first[h] = h / per_expert;
+      first[h] = h % s.experts;
       count[h] = 1;
+      parts[h] = (n - first[h] + s.experts - 1) / s.experts;
+      const RowSlice hs = expert_rows(s.ffn, parts[h], h / s.experts, "plan: ffn");
+      const RowSlice os = expert_rows(s.dim, parts[h], h / s.experts, "plan: dim");
+      hid[h] = static_cast<double>(hs.hi - hs.lo) / s.ffn;
+      out[h] = static_cast<double>(os.hi - os.lo) / s.dim;
     } else {
       count[h] = s.experts / n + (h < s.experts % n ? 1 : 0);
       first[h] = e;
       e += count[h];
     }
   }
-  const double slice = 1.0 / per_expert;
-  f.expert_share = split ? slice : count[0];
+  // w1/w3 follow the hidden share, w2 the output share.
+  const double w13_frac = 2.0 * s.ffn * plan_row_bytes(in.cache, "expert", s.dim) / f.expert_bytes_layer;
+  std::vector<double> slice(n);
+  for (int h = 0; h < n; ++h) slice[h] = w13_frac * hid[h] + (1 - w13_frac) * out[h];
+  f.expert_share = split ? *std::max_element(slice.begin(), slice.end()) : count[0];
 
   // Expected load of the slowest host per layer: uniform routing, each token picking top_k
   // distinct experts independently (fixed seed: the figure is the same on every run).
@@ -110,24 +124,28 @@ PlanFigure predict_cluster(const PlanInput& in) {
         ++cnt[pick[j]];
       }
     }
-    int rows_total = 0;
+    int rows_total = 0;  // whole output rows (a split expert's pieces add up to whole rows)
     for (int e = 0; e < s.experts; ++e) {
       sum_touched += cnt[e] > 0;
-      rows_total += cnt[e] * per_expert;  // with a split, every slice sends a partial row
+      rows_total += cnt[e];
     }
     double worst = -1, worst_experts = 0, worst_pairs = 0, link_bytes = 0, all_secs = 0;
     for (int h = 0; h < n; ++h) {
       double touched = 0, pairs = 0;
       for (int e = first[h]; e < first[h] + count[h]; ++e) {
-        touched += cnt[e] > 0 ? slice : 0;
+        touched += cnt[e] > 0 ? slice[h] : 0;
         pairs += cnt[e];
       }
-      const double secs = touched * f.expert_bytes_layer / bw + pairs * slice * expert_ops / peak;
+      const double secs = touched * f.expert_bytes_layer / bw + pairs * slice[h] * expert_ops / peak;
       all_secs += secs;
       if (secs > worst) worst = secs, worst_experts = touched, worst_pairs = pairs;
-      // Every host sends its rows (partial rows of its slice, when split) to each other host
-      // and receives all the others' rows.
-      link_bytes = std::max({link_bytes, pairs * (n - 1) * row, (rows_total - pairs) * row});
+      // Every host sends its rows (its columns of them, when split) to each other host and
+      // receives the rest of every row; a split host also sends its hidden rows of each pair to
+      // the expert's other hosts and receives theirs.
+      const double hid_out = pairs * hid_row * hid[h] * (parts[h] - 1);
+      const double hid_in = pairs * hid_row * (1 - hid[h]);
+      link_bytes = std::max({link_bytes, pairs * out[h] * (n - 1) * row + hid_out,
+                             (rows_total - pairs * out[h]) * row + hid_in});
     }
     sum_max_s += in.colocated ? all_secs : worst;
     sum_host_experts += worst_experts;
@@ -149,8 +167,10 @@ PlanFigure predict_cluster(const PlanInput& in) {
   f.experts_ms = L * sum_max_s / trials * 1e3;
   // Per layer: one latency (all messages travel at once), each peer's message handled in turn,
   // and the busiest host's bytes through its link. Plus rank 0's STEP message once per step.
+  // Split experts add a round per layer: the hidden-row swap within each expert's hosts.
+  const double split_round = split ? in.link_us + (parts[0] - 1) * in.msg_us : 0;
   if (n > 1)
-    f.exchange_ms = (L * (in.link_us + (n - 1) * in.msg_us + f.egress_bytes / link * 1e6) +
+    f.exchange_ms = (L * (in.link_us + (n - 1) * in.msg_us + split_round + f.egress_bytes / link * 1e6) +
                      (in.link_us + (n - 1) * in.msg_us)) * 1e-3;
   f.head_ms = (f.head_bytes / bw + 2.0 * s.vocab * s.dim * in.batch / peak) * 1e3;
   f.step_ms = f.attention_ms + f.experts_ms + f.exchange_ms + f.head_ms;
@@ -177,7 +197,8 @@ std::string plan_to_text(const std::vector<PlanFigure>& figs) {
   os << b;
   os << "assumes: routing uniform and independent per token; a step = every layer's attention (all hosts) +\n"
         "  the slowest host's experts + the row exchange, then rank 0's LM head; each part takes bytes/bandwidth\n"
-        "  + int8 ops/peak (no overlap); hosts > 8 split each expert's hidden rows over hosts/8 hosts (prediction only)\n";
+        "  + int8 ops/peak (no overlap); more hosts than experts split each expert's rows as the runtime does\n"
+        "  (host h: part h/E of expert h mod E; its hidden rows are swapped within the expert before w2)\n";
   os << "cache hosts  RAM/host  batch  experts/layer  slowest host  exchange/layer   attn    experts  exchange  head   step      tok/s\n";
   os << "                                   (all)      (experts)     (busiest host)  ms      ms       ms        ms     ms\n";
   for (const PlanFigure& f : figs) {

@@ -43,12 +43,12 @@ struct PlanFigure {
   double embed_bytes = 0;        // token embeddings: held, one row read per token
   double kv_bytes_step = 0;      // KV cache read per step (all users, all layers)
   double ram_bytes = 0;          // weights held by the busiest host + its KV cache
-  double expert_share = 0;       // experts' worth held per host and layer (8/N; N>8: 8/N of one)
+  double expert_share = 0;       // experts' worth held per host and layer (8/N; N>8: the largest part of one)
   // Routing (uniform, independent top-k per token): expectations over the draws.
   double experts_touched = 0;    // distinct experts run per layer, all hosts
   double host_experts = 0;       // experts' worth read per layer by the slowest host
   double host_pairs = 0;         // (token, expert) rows computed per layer by the slowest host
-  double rows_exchanged = 0;     // expert output rows moved per layer (partial rows when N>8)
+  double rows_exchanged = 0;     // whole expert output rows moved per layer (N>8: sent in pieces)
   double egress_bytes = 0;       // bytes the busiest host sends per layer
   // Time per decode step, ms.
   double attention_ms = 0, experts_ms = 0, exchange_ms = 0, head_ms = 0, step_ms = 0;
