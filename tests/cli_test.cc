@@ -135,6 +135,7 @@ TEST(Cli, BenchJsonSchemaAndErrors) {
   // One process holds every expert (ranks report their share under mpirun, tests/mpi_test.sh).
   ASSERT_EQ(j["per_rank"].size(), 1u);
   EXPECT_EQ(j["per_rank"][0]["n_experts"], 8);
+  EXPECT_EQ(j["per_rank"][0]["experts"], "0-7");
   EXPECT_GT(j["per_rank"][0]["expert_mb"].get<double>(), 0);
 
   r = run_cli("bench --model " + model + " --batch 1,x");
@@ -233,9 +234,9 @@ TEST(Cli, BenchPlanPredictsWithoutAModel) {
   EXPECT_EQ(j[0]["layers"], 2);
   for (const auto& f : j) EXPECT_GT(f["tokens_per_s"].get<double>(), 0) << f.dump();
   EXPECT_LT(j[4]["ram_gb"].get<double>(), j[0]["ram_gb"].get<double>());  // 16 hosts hold less than 1
-  r = run_cli("bench --plan --hosts 12 --read-gbps 30 --int8-gops 1000");
+  r = run_cli("bench --plan --hosts 4097 --read-gbps 30 --int8-gops 1000");
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.err.find("--hosts: 12 is not possible"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--hosts: 4097 is not possible"), std::string::npos) << r.err;
   r = run_cli("bench --plan --hosts 2,x");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("--hosts: 'x' is not a number"), std::string::npos) << r.err;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Expert parallelism across "hosts" that are network namespaces (tests/cluster/cluster.sh):
 # each rank has its own network stack, hostname and address, and ranks talk over TCP only
-# (btl tcp,self). Output must equal one process byte for byte, for 2, 3, 4 and 6 hosts, with
+# (btl tcp,self). Output must equal one process byte for byte, for 2, 3, 4, 6 and 10 hosts (10: split experts, also from per-host bundles), with
 # a placement file, and over shaped links; a host that dies or drops its link ends the job
 # within seconds, naming it; `serve` first answers its requests with a 503 naming it.
 # Without root or `ip netns` it prints SKIP and exits 77 (registered as ctest's skip code).
@@ -99,8 +99,8 @@ pkill_serve_in_host0() {
 serve_session "$W/serve.ref" local
 grep -q '"content"' "$W/serve.ref" || fail "serve, one process, answered nothing: $(cat "$W/serve.ref" "$W/serve.err")"
 
-# ---- 2, 3, 4 and 6 hosts -----------------------------------------------------------------------
-for n in 2 3 4 6; do
+# ---- 2, 3, 4, 6 and 10 hosts (10: experts 0 and 1 split over two hosts each) ------------------
+for n in 2 3 4 6 10; do
   if ! cluster_up $n; then fail "could not make $n namespace hosts"; continue; fi
   run "$W/score.$n" "$W/err.$n" cluster_mpirun -np $n "$BIN" score --model "$MODEL" --cases "$CASES"
   exited_ok "score on $n hosts" "$W/err.$n"
@@ -151,6 +151,22 @@ for n in 2 3 4 6; do
     run "$W/out" "$W/err" cluster_mpirun -np 2 "$BIN" score --model "$W/cache.host{rank}" --cases "$CASES"
     [[ $RC != 0 && $RC != 124 ]] && grep -q "rank 1 (host h1): .*expert-005.bin: missing" "$W/err" &&
       pass "a host missing an expert file is named at start (${SECS}s)" || fail "missing file on h1: exit $RC, $(head -3 "$W/err")"
+  fi
+  if [[ $n == 10 ]]; then
+    grep -q 'rank 0 (h0): expert 0 rows 0-63; .*rank 8 (h8): expert 0 rows 64-127; rank 9 (h9): expert 1 rows 64-127' "$W/err.$n" &&
+      pass "10 hosts: experts 0 and 1 split" || fail "10 hosts: placement $(grep '^placement:' "$W/err.$n")"
+    # Per-host bundles of a `repack --ranks 10` cache: host 8 holds shared.bin and expert 0's file.
+    "$BIN" repack --model "$MODEL" --out "$W/c10" --ranks 10 >/dev/null 2>&1
+    for ((r = 0; r < n; r++)); do
+      mkdir -p "$W/c10.host$r"
+      files=$(python3 -c "import json,sys; print(' '.join(json.load(open(sys.argv[1]))['ranks']['files'][$r]))" "$W/c10/manifest.json")
+      (cd "$W/c10" && cp manifest.json $files "$W/c10.host$r/")
+    done
+    [[ $(ls "$W/c10.host8" | grep -c '^expert-') == 1 && -e $W/c10.host8/expert-000.bin ]] ||
+      fail "10 hosts: host 8's bundle is $(ls "$W/c10.host8" | tr '\n' ' ')"
+    run "$W/score.b10" "$W/err" cluster_mpirun -np $n "$BIN" score --model "$W/c10.host{rank}" --cases "$CASES"
+    exited_ok "score on 10 hosts from per-host bundles" "$W/err"
+    same "score, 10 hosts each holding only its bundle (split experts)" "$W/score.ref" "$W/score.b10"
   fi
   if [[ $n == 3 ]]; then
     # A placement file: uneven, not contiguous, one host holding most experts.

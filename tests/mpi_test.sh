@@ -107,11 +107,13 @@ exited_ok "mixed-length batch -np 3" "$W/err"
 same "mixed-length batch, -np 3" "$W/batch.ref" "$W/batch.3"
 # A placement file: experts pinned by hand, one rank holding none.
 printf 'rank 0: 7\nrank 1: 0-3 5\nrank 2: 4 6\n' >"$W/place"
-run "$W/score.place" "$W/err" "${MPIRUN[@]}" -np 4 "$BIN" score --model "$MODEL" --cases "$CASES" --placement "$W/place"
+run "$W/score.place" "$W/err" "${MPIRUN[@]}" -x MIXTRAL_EP_STATS=1 -np 4 "$BIN" score --model "$MODEL" --cases "$CASES" --placement "$W/place"
 exited_ok "score -np 4 --placement" "$W/err"
 same "score --cases, -np 4, placement file (rank 3 holds no experts)" "$W/score.ref" "$W/score.place"
 grep -q 'rank 1 ([^)]*): experts 0-3 5; rank 2 ([^)]*): experts 4 6; rank 3 ([^)]*): experts none' "$W/err" &&
   pass "placement file printed at start" || fail "placement line: $(grep placement "$W/err")"
+grep -q '^   1  0-3 5  ' "$W/err" && grep -q '^   3  none  ' "$W/err" &&
+  pass "MIXTRAL_EP_STATS lists a non-contiguous placement's experts" || fail "EP stats: $(grep -A4 '^rank  experts' "$W/err")"
 printf 'rank 0: 0-4\nrank 1: 4-7\n' >"$W/place.bad"
 run "$W/out" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" score --model "$MODEL" --cases "$CASES" --placement "$W/place.bad"
 [[ $RC != 0 && $RC != 124 ]] && grep -q "place.bad:2: expert 4 is already placed (line 1)" "$W/err" &&
@@ -121,7 +123,7 @@ run "$W/out" "$W/err" "${MPIRUN[@]}" -np 2 "$BIN" score --model "$MODEL" --cases
 # Rank r holds hidden rows (w1/w3) and output rows (w2) of expert r % 8; the hidden rows are
 # swapped within the expert's ranks, so every output is the float one process computes.
 for np in 9 12 16; do
-  run "$W/score.$np" "$W/err.$np" "${MPIRUN[@]}" -np $np "$BIN" score --model "$MODEL" --cases "$CASES"
+  run "$W/score.$np" "$W/err.$np" "${MPIRUN[@]}" -x MIXTRAL_EP_STATS=1 -np $np "$BIN" score --model "$MODEL" --cases "$CASES"
   exited_ok "score -np $np" "$W/err.$np"
   same "score --cases, -np $np (experts split over ranks)" "$W/score.ref" "$W/score.$np"
 done
@@ -132,6 +134,8 @@ grep -q '^placement: rank 0 ([^)]*): expert 0 rows 0-63; .*rank 8 ([^)]*): exper
   pass "-np 16: placement shows each rank's rows" || fail "-np 16 placement line: $(grep placement "$W/err.16")"
 grep -q '; rank 7 ([^)]*): expert 7; rank 8 ([^)]*): expert 0 rows 64-127$' "$W/err.9" &&
   pass "-np 9: only expert 0 split" || fail "-np 9 placement line: $(grep placement "$W/err.9")"
+grep -q '^   8  0 rows 64-127  ' "$W/err.9" && grep -q '^   7  7  ' "$W/err.9" &&
+  pass "-np 9: MIXTRAL_EP_STATS shows the split rows" || fail "-np 9 EP stats: $(grep -A10 '^rank  experts' "$W/err.9")"
 # Per-rank bundles of a `repack --ranks 9` cache: each rank gets only the files its manifest
 # list names (rank 8: shared.bin and expert 0's file, of which it maps rows 64-127).
 run "$W/err" "$W/err" "$BIN" repack --model "$MODEL" --out "$W/c9" --ranks 9

@@ -23,10 +23,13 @@ inline __m512i dpbusd_bcast(__m512i acc, __m512i u, const void* x) {
 #ifndef MX_PF
 #define MX_PF 8192
 #endif
+#ifndef MX_PF_HINT
+#define MX_PF_HINT _MM_HINT_T0
+#endif
 template <int kBytes>
 inline void prefetch_span(const uint8_t* p) {
   MX_UNROLL for (int o = 0; o < kBytes / 64 * 64; o += 64)
-    _mm_prefetch(reinterpret_cast<const char*>(p + MX_PF + o), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p + MX_PF + o), MX_PF_HINT);
 }
 
 }  // namespace

@@ -336,7 +336,7 @@ BenchResult run_bench(Model& m, ThreadPool& pool, const BenchOptions& o,
   r.peak_rss_mb = peak_rss_mb();
   r.ranks = ep::world().size;
   for (const ep::RankStats& rs : ep::gather_rank_stats())
-    r.per_rank.push_back({rs.rank, rs.first_expert, rs.n_experts, rs.peak_rss_mb, rs.expert_mb});
+    r.per_rank.push_back({rs.rank, rs.first_expert, rs.n_experts, rs.experts, rs.peak_rss_mb, rs.expert_mb});
   return r;
 }
 
@@ -384,7 +384,8 @@ std::string bench_to_json(const BenchResult& r) {
   j["per_rank"] = nlohmann::json::array();
   for (const auto& pr : r.per_rank)
     j["per_rank"].push_back({{"rank", pr.rank}, {"peak_rss_mb", pr.peak_rss_mb}, {"expert_mb", pr.expert_mb},
-                             {"first_expert", pr.first_expert}, {"n_experts", pr.n_experts}});
+                             {"first_expert", pr.first_expert}, {"n_experts", pr.n_experts},
+                             {"experts", pr.experts}});
   j["ttft_ms"] = r.ttft_ms;
   j["peak_rss_mb"] = r.peak_rss_mb;
   j["weight_mb"] = r.weight_bytes / 1048576.0;
@@ -453,8 +454,8 @@ std::string bench_to_text(const BenchResult& r) {
     }
     os << "\n";
     for (const auto& pr : r.per_rank) {
-      std::snprintf(buf, sizeof buf, "  rank %d: experts [%d, %d), expert weights %.0f MB, peak RSS %.0f MB\n", pr.rank,
-                    pr.first_expert, pr.first_expert + pr.n_experts, pr.expert_mb, pr.peak_rss_mb);
+      std::snprintf(buf, sizeof buf, "  rank %d: experts %s, expert weights %.0f MB, peak RSS %.0f MB\n", pr.rank,
+                    pr.experts.c_str(), pr.expert_mb, pr.peak_rss_mb);
       os << buf;
     }
   }

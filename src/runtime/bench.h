@@ -53,6 +53,7 @@ struct DepthFigure {
 
 struct RankFigure {
   int rank = 0, first_expert = 0, n_experts = 0;
+  std::string experts;  // "0-3", "0-4 7", "1 rows 64-127" (ep::RankStats::experts)
   double peak_rss_mb = 0, expert_mb = 0;
 };
 

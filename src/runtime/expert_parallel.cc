@@ -80,6 +80,7 @@ struct Runtime {
   // Figures for gather_rank_stats, set when a model is attached.
   double expert_mb = 0;
   int first_expert = 0, n_experts = 0;
+  std::string experts_label;  // RankStats::experts
   std::vector<int> counts, displs, cursor;
   std::vector<float> buf;
   std::vector<MPI_Request> reqs;
@@ -647,6 +648,7 @@ RankStats local_rank_stats() {
   s.expert_mb = r.expert_mb;
   s.first_expert = r.first_expert;
   s.n_experts = r.n_experts;
+  std::snprintf(s.experts, sizeof s.experts, "%s", r.experts_label.c_str());
   return s;
 }
 
@@ -813,6 +815,21 @@ void note_local_model(const Model& m) {
       }
   }
   if (r.first_expert < 0) r.first_expert = 0;
+  // The label lists the experts held (a placement file's need not be contiguous), or the rows
+  // of the split one.
+  r.experts_label.clear();
+  if (!m.weights.layers.empty()) {
+    const auto& first = m.weights.layers.front().experts;
+    std::vector<int> held(first.size(), -1);
+    for (size_t e = 0; e < first.size(); ++e)
+      if (first[e].present) {
+        held[e] = 0;
+        if (first[e].split)
+          r.experts_label = std::to_string(e) + " rows " + std::to_string(first[e].hid.lo) + "-" +
+                            std::to_string(first[e].hid.hi - 1);
+      }
+    if (r.experts_label.empty()) r.experts_label = experts_of(held, 0);
+  }
   for (const LayerWeights& lw : m.weights.layers)
     for (const ExpertWeights& e : lw.experts)
       if (e.present)
@@ -1003,10 +1020,10 @@ void attach_root(Model& m, ThreadPool& pool) {
 }
 
 void print_rank_stats(const std::vector<RankStats>& all) {
-  std::fprintf(stderr, "rank  experts  expert_MB  rss_MB  peak_MB  steps  exchanges  sent_MB  recv_MB  exch_s  wait_s  step_msg_s\n");
+  std::fprintf(stderr, "rank  experts         expert_MB  rss_MB  peak_MB  steps  exchanges  sent_MB  recv_MB  exch_s  wait_s  step_msg_s\n");
   for (const RankStats& s : all)
-    std::fprintf(stderr, "%4d  %3d-%-3d  %9.1f  %6.1f  %7.1f  %5llu  %9llu  %7.2f  %7.2f  %6.4f  %6.4f  %10.4f\n", s.rank,
-                 s.first_expert, s.first_expert + s.n_experts - 1, s.expert_mb, s.rss_mb, s.peak_rss_mb,
+    std::fprintf(stderr, "%4d  %-14s  %9.1f  %6.1f  %7.1f  %5llu  %9llu  %7.2f  %7.2f  %6.4f  %6.4f  %10.4f\n", s.rank,
+                 s.experts, s.expert_mb, s.rss_mb, s.peak_rss_mb,
                  static_cast<unsigned long long>(s.comm.steps), static_cast<unsigned long long>(s.comm.calls),
                  s.comm.bytes_sent / 1048576.0, s.comm.bytes_received / 1048576.0, s.comm.seconds,
                  s.comm.wait_seconds, s.comm.step_send_seconds);

@@ -120,7 +120,8 @@ struct RankStats {
   CommStats comm;
   double rss_mb = 0, peak_rss_mb = 0;  // VmRSS, VmHWM
   double expert_mb = 0;                // bytes of this rank's expert weights
-  int first_expert = 0, n_experts = 0; // experts it holds
+  int first_expert = 0, n_experts = 0; // experts it holds: the lowest, and how many
+  char experts[48] = {};               // which, as the placement line says: "0-4 7", "1 rows 64-127"
 };
 // On rank 0: every rank's figures, in rank order (one entry without MPI). Call between steps
 // (the other ranks answer from their idle loop). Mem/expert figures need an open engine.
