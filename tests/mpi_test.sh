@@ -249,7 +249,7 @@ serve_session() {  # serve_session <out> [launcher...]
   "$@" "$BIN" serve --model "$MODEL" --port 0 --max-users 2 --threads 1 >"$W/serve.out" 2>"$W/serve.err" &
   local job=$! port= i
   for i in $(seq 300); do
-    port=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$W/serve.out" | head -1)
+    port=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$W/serve.out" 2>/dev/null | head -1)
     [[ -n $port ]] && break
     sleep 0.1
   done
@@ -311,7 +311,7 @@ serve_lost_rank() {
    echo $? >"$W/serve.rc") &
   local job=$! port= i t0
   for i in $(seq 300); do
-    port=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$W/serve.out" | head -1)
+    port=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$W/serve.out" 2>/dev/null | head -1)
     [[ -n $port ]] && break
     sleep 0.1
   done
