@@ -152,9 +152,11 @@ BENCHMARK_CAPTURE(BM_matmul_hot, q8_0r16_l2_256x4096, DType::Q8_0R16, 256, 4096)
 BENCHMARK_CAPTURE(BM_matmul_hot, q8_0_l3_2048x4096, DType::Q8_0, 2048, 4096)
     ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_matmul_hot, q4_kr16_l2_256x4096, DType::Q4_KR16, 256, 4096)
-    ->Arg(8)->Arg(64)->Arg(128)->Unit(benchmark::kMicrosecond)->UseRealTime();
+    ->Arg(1)->Arg(8)->Arg(64)->Arg(128)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_matmul_hot, q5_kr16_l2_256x4096, DType::Q5_KR16, 256, 4096)
+    ->Arg(1)->Arg(8)->Arg(128)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_matmul_hot, q6_kr16_l2_256x4096, DType::Q6_KR16, 256, 4096)
-    ->Arg(8)->Arg(64)->Arg(128)->Unit(benchmark::kMicrosecond)->UseRealTime();
+    ->Arg(1)->Arg(8)->Arg(64)->Arg(128)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_matmul_hot, q4_kr16_l2_256x14336, DType::Q4_KR16, 256, 14336)
     ->Arg(128)->Unit(benchmark::kMicrosecond)->UseRealTime();
 MX_SHAPES(DType::Q4_0, q4_0)
