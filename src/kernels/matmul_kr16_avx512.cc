@@ -194,45 +194,6 @@ struct KR16 {
     *isum_out = isum;
   }
 
-  // One token, Q6_K: sb_q6<1>'s integer sums. Per plane index v the two nibble planes and the
-  // high-bit plane are loaded once and give all four 32-value parts; eight short chains.
-  __attribute__((always_inline)) static void sb1_q6(const uint8_t* ch, const int8_t* x, const int16_t* bs,
-                                                    __m512i* isum_out) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-    __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
-    MX_UNROLL for (int i = 0; i < 8; i += 2) {
-      const __m512i sa = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 3072 + 32 * i)));
-      const __m512i sb = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 3072 + 32 * i + 32)));
-      c0 = _mm512_dpwssd_epi32(c0, sa, bcast32(bs + 2 * i));
-      c1 = _mm512_dpwssd_epi32(c1, sb, bcast32(bs + 2 * i + 2));
-    }
-    __m512i isum = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_add_epi32(c0, c1), 5));
-    MX_UNROLL for (int n = 0; n < 2; ++n) {
-      const uint8_t* half = ch + 1536 * n;
-      __m512i S[8];  // part c's products of planes 0-3 in S[2c], of planes 4-7 in S[2c+1]
-      MX_UNROLL for (int i = 0; i < 8; ++i) S[i] = _mm512_setzero_si512();
-      MX_UNROLL for (int v = 0; v < 8; ++v) {
-        __m512i r0 = ld(half + 64 * v), r1 = ld(half + 512 + 64 * v), H = ld(half + 1024 + 64 * v);
-        __asm__("" : "+v"(r0), "+v"(r1), "+v"(H));  // each loaded once for its four uses
-        const __m512i w[4] = {
-            _mm512_ternarylogic_epi32(_mm512_and_si512(r0, m4), _mm512_slli_epi16(H, 4), m30, 0xF8),
-            _mm512_ternarylogic_epi32(_mm512_and_si512(r1, m4), _mm512_slli_epi16(H, 2), m30, 0xF8),
-            _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(r0, 4), m4), H, m30, 0xF8),
-            _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(r1, 4), m4), _mm512_srli_epi16(H, 2), m30, 0xF8)};
-        MX_UNROLL for (int c = 0; c < 4; ++c)
-          S[2 * c + (v >> 2)] = dpbusd_bcast(S[2 * c + (v >> 2)], w[c], x + 128 * n + 32 * c + 4 * v);
-      }
-      MX_UNROLL for (int c = 0; c < 4; ++c) {
-        const __m512i sp = _mm512_cvtepi8_epi16(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 3072 + 32 * (4 * n + c))));
-        const __m512i sc_e = _mm512_srai_epi32(_mm512_slli_epi32(sp, 16), 16), sc_o = _mm512_srai_epi32(sp, 16);
-        isum = _mm512_add_epi32(isum, _mm512_add_epi32(_mm512_mullo_epi32(S[2 * c], sc_e),
-                                                       _mm512_mullo_epi32(S[2 * c + 1], sc_o)));
-      }
-    }
-    *isum_out = isum;
-  }
-
   // Q6_K super-block at ch: isum[j] = sum_s sc_s * (S_s - 32 * bsum16_s) (weights stored + 32).
   template <int NT, bool kPre>
   static void sb_q6(const uint8_t* ch, const uint8_t* pre, const int8_t* const* xq,
@@ -286,8 +247,7 @@ struct KR16 {
       const uint8_t* dp = ch + (kSix ? 3328 : 2048);
       const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dp)));
       if constexpr (kSix) {
-        if constexpr (NT == 1 && !kPre) sb1_q6(ch, xq[0] + 256 * b, bs[0] + 16 * b, isum);
-        else sb_q6<NT, kPre>(ch, kPre ? pre + b * kPlanes : nullptr, xq, bs, b, isum);
+        sb_q6<NT, kPre>(ch, kPre ? pre + b * kPlanes : nullptr, xq, bs, b, isum);
         MX_UNROLL for (int j = 0; j < NT; ++j)
           acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(d, _mm512_set1_ps(xd[j][b])), acc[j]);
       } else {
