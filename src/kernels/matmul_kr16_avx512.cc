@@ -84,22 +84,48 @@ struct KR16 {
     }
   }
 
+  // A Q4_K / Q5_K super-block's 6-bit scales and mins, four sub-blocks per dword lane: sub-block
+  // s's byte is lane byte s & 3 of lo (s < 4) or hi (ggml's packing, get_scale_min_k4).
+  struct Scales45 {
+    __m512i sclo, schi, mlo, mhi;
+  };
+  __attribute__((always_inline)) static Scales45 scales_q45(const uint8_t* ch) {
+    const __m512i k3f = _mm512_set1_epi32(0x3f3f3f3f), k0f = _mm512_set1_epi32(0x0f0f0f0f);
+    const __m512i k30 = _mm512_set1_epi32(0x30303030);
+    const __m512i A = ld(ch + 2112), B = ld(ch + 2176), C = ld(ch + 2240);
+    return {_mm512_and_si512(A, k3f),
+            _mm512_or_si512(_mm512_and_si512(C, k0f), _mm512_and_si512(_mm512_srli_epi32(A, 2), k30)),
+            _mm512_and_si512(B, k3f),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(C, 4), k0f), _mm512_and_si512(_mm512_srli_epi32(B, 2), k30))};
+  }
+  // Mins as int16 pairs (m_2i, m_2i+1) per lane, for vpdpwssd with a token's bsum32 pairs.
+  struct Mins45 {
+    __m512i mp[4];
+  };
+  __attribute__((always_inline)) static Mins45 mins_q45(const Scales45& sc) {
+    const __m512i lane_off = _mm512_set4_epi32(0x000C000C, 0x00080008, 0x00040004, 0);
+    const __m512i c01 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(0x80018000u)), lane_off);
+    const __m512i c23 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(0x80038002u)), lane_off);
+    return {{_mm512_shuffle_epi8(sc.mlo, c01), _mm512_shuffle_epi8(sc.mlo, c23),
+             _mm512_shuffle_epi8(sc.mhi, c01), _mm512_shuffle_epi8(sc.mhi, c23)}};
+  }
+  // imin = sum_s m_s * bsum32_s of one token (bs: its 8 bsum32 of the super-block).
+  __attribute__((always_inline)) static __m512i imin_q45(const Mins45& mn, const int16_t* bs) {
+    __m512i m = _mm512_setzero_si512();
+    MX_UNROLL for (int i = 0; i < 4; ++i) m = _mm512_dpwssd_epi32(m, mn.mp[i], bcast32(bs + 2 * i));
+    return m;
+  }
+
   // Planes of one super-block already unpacked to bytes (unpack_group), or null: unpack here.
   template <int NT, bool kPre>
   __attribute__((always_inline)) static void sb_q45(const uint8_t* ch, const uint8_t* pre, const int8_t* const* xq,
                      const int16_t* const* bs, int64_t b, __m512i* isum_out, __m512i* imin_out) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), k3f = _mm512_set1_epi32(0x3f3f3f3f);
-    const __m512i k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
-    const __m512i A = ld(ch + 2112), B = ld(ch + 2176), C = ld(ch + 2240);
-    // ggml's 6-bit packing, four sub-blocks per dword lane (get_scale_min_k4).
-    const __m512i sclo = _mm512_and_si512(A, k3f), mlo = _mm512_and_si512(B, k3f);
-    const __m512i schi = _mm512_or_si512(_mm512_and_si512(C, k0f), _mm512_and_si512(_mm512_srli_epi32(A, 2), k30));
-    const __m512i mhi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(C, 4), k0f),
-                                        _mm512_and_si512(_mm512_srli_epi32(B, 2), k30));
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const Scales45 sc = scales_q45(ch);
     const __m512i ff = _mm512_set1_epi32(0xff);
     alignas(64) __m512i scs[8];
     MX_UNROLL for (int s = 0; s < 8; ++s)
-      scs[s] = _mm512_and_si512(_mm512_srli_epi32(s < 4 ? sclo : schi, 8 * (s & 3)), ff);
+      scs[s] = _mm512_and_si512(_mm512_srli_epi32(s < 4 ? sc.sclo : sc.schi, 8 * (s & 3)), ff);
     // Accumulators stay local (through the out pointers every update would go to memory). The
     // sub-block loop is not unrolled: fully unrolled, GCC hoists loads across sub-blocks and
     // spills the dpbusd partial sums to the stack.
@@ -131,16 +157,9 @@ struct KR16 {
         MX_UNROLL for (int j = 0; j < NT; ++j) isum[j] = _mm512_add_epi32(isum[j], _mm512_mullo_epi32(S[j], sc));
       }
     }
-    // Mins as int16 pairs (m_2i, m_2i+1) per lane, for vpdpwssd with the bsum32 pairs.
-    const __m512i lane_off = _mm512_set4_epi32(0x000C000C, 0x00080008, 0x00040004, 0);
-    const __m512i c01 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(0x80018000u)), lane_off);
-    const __m512i c23 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(0x80038002u)), lane_off);
-    const __m512i mp[4] = {_mm512_shuffle_epi8(mlo, c01), _mm512_shuffle_epi8(mlo, c23),
-                           _mm512_shuffle_epi8(mhi, c01), _mm512_shuffle_epi8(mhi, c23)};
+    const Mins45 mn = mins_q45(sc);
     MX_UNROLL for (int j = 0; j < NT; ++j) {
-      __m512i m = _mm512_setzero_si512();
-      MX_UNROLL for (int i = 0; i < 4; ++i) m = _mm512_dpwssd_epi32(m, mp[i], bcast32(bs[j] + 8 * b + 2 * i));
-      imin_out[j] = m;
+      imin_out[j] = imin_q45(mn, bs[j] + 8 * b);
       isum_out[j] = isum[j];
     }
   }
@@ -151,14 +170,8 @@ struct KR16 {
   // no other token's work to hide vpdpbusd's latency behind, and the loads are the bottleneck.
   __attribute__((always_inline)) static void sb1_q45(const uint8_t* ch, const int8_t* x, const int16_t* bs,
                                                      __m512i* isum_out, __m512i* imin_out) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), k3f = _mm512_set1_epi32(0x3f3f3f3f);
-    const __m512i k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
-    const __m512i A = ld(ch + 2112), B = ld(ch + 2176), C = ld(ch + 2240);
-    const __m512i sclo = _mm512_and_si512(A, k3f), mlo = _mm512_and_si512(B, k3f);
-    const __m512i schi = _mm512_or_si512(_mm512_and_si512(C, k0f), _mm512_and_si512(_mm512_srli_epi32(A, 2), k30));
-    const __m512i mhi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(C, 4), k0f),
-                                        _mm512_and_si512(_mm512_srli_epi32(B, 2), k30));
-    const __m512i ff = _mm512_set1_epi32(0xff);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), ff = _mm512_set1_epi32(0xff);
+    const Scales45 sc = scales_q45(ch);
     __m512i isum = _mm512_setzero_si512();
     MX_UNROLL for (int sp = 0; sp < 4; ++sp) {
       const uint8_t* q = ch + 512 * sp;
@@ -178,19 +191,12 @@ struct KR16 {
         S[v >> 2] = dpbusd_bcast(S[v >> 2], lo, xs + 4 * v);
         S[2 + (v >> 2)] = dpbusd_bcast(S[2 + (v >> 2)], hi, xs + 32 + 4 * v);
       }
-      const __m512i sc_lo = _mm512_and_si512(_mm512_srli_epi32(sp < 2 ? sclo : schi, 8 * ((2 * sp) & 3)), ff);
-      const __m512i sc_hi = _mm512_and_si512(_mm512_srli_epi32(sp < 2 ? sclo : schi, 8 * ((2 * sp + 1) & 3)), ff);
+      const __m512i sc_lo = _mm512_and_si512(_mm512_srli_epi32(sp < 2 ? sc.sclo : sc.schi, 8 * ((2 * sp) & 3)), ff);
+      const __m512i sc_hi = _mm512_and_si512(_mm512_srli_epi32(sp < 2 ? sc.sclo : sc.schi, 8 * ((2 * sp + 1) & 3)), ff);
       isum = _mm512_add_epi32(isum, _mm512_add_epi32(_mm512_mullo_epi32(_mm512_add_epi32(S[0], S[1]), sc_lo),
                                                      _mm512_mullo_epi32(_mm512_add_epi32(S[2], S[3]), sc_hi)));
     }
-    const __m512i lane_off = _mm512_set4_epi32(0x000C000C, 0x00080008, 0x00040004, 0);
-    const __m512i c01 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(0x80018000u)), lane_off);
-    const __m512i c23 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(0x80038002u)), lane_off);
-    __m512i m0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_shuffle_epi8(mlo, c01), bcast32(bs));
-    __m512i m1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_shuffle_epi8(mlo, c23), bcast32(bs + 2));
-    m0 = _mm512_dpwssd_epi32(m0, _mm512_shuffle_epi8(mhi, c01), bcast32(bs + 4));
-    m1 = _mm512_dpwssd_epi32(m1, _mm512_shuffle_epi8(mhi, c23), bcast32(bs + 6));
-    *imin_out = _mm512_add_epi32(m0, m1);
+    *imin_out = imin_q45(mins_q45(sc), bs);
     *isum_out = isum;
   }
 
