@@ -23,6 +23,7 @@ dict_for() {  # which keyword dictionary a harness gets
     pickle) echo fuzz/dict/pickle.dict ;;
     tokenizer) echo fuzz/dict/tokenizer.dict ;;
     server_api) echo fuzz/dict/server.dict ;;
+    http_head) echo fuzz/dict/http.dict ;;
   esac
 }
 
