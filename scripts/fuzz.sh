@@ -17,12 +17,13 @@ mkdir -p "$art"
 
 dict_for() {  # which keyword dictionary a harness gets
   case "$1" in
-    safetensors | st_index | config) echo fuzz/dict/json.dict ;;
+    safetensors | st_index | config | cache) echo fuzz/dict/json.dict ;;
     gguf) echo fuzz/dict/gguf.dict ;;
     torch) echo fuzz/dict/torch.dict ;;
     pickle) echo fuzz/dict/pickle.dict ;;
     tokenizer) echo fuzz/dict/tokenizer.dict ;;
     server_api) echo fuzz/dict/server.dict ;;
+    http_head) echo fuzz/dict/http.dict ;;
   esac
 }
 

@@ -298,6 +298,16 @@ TEST(Cli, SeededSamplingIsReproducible) {
   EXPECT_EQ(nlohmann::json::parse(a.out)[0]["tokens"].size(), 16u);
 }
 
+// Text that is not UTF-8 (a Latin-1 prompt here; also a reply cut inside a character) used to
+// end `generate --json` after the generation with the JSON library's "invalid UTF-8" error.
+TEST(Cli, JsonOutputSurvivesInvalidUtf8) {
+  const auto r = run_cli("generate --model " + kHf + " --prompt \"$(printf 'caf\\351')\" -n 2 --temperature 0 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j[0]["prompt"], "caf\xef\xbf\xbd");  // U+FFFD
+  EXPECT_EQ(j[0]["tokens"].size(), 2u);
+}
+
 TEST(Cli, BadInputsGiveOneClearError) {
   auto r = run_cli("generate --model /nonexistent/model --prompt hi");
   EXPECT_EQ(r.exit_code, 1);

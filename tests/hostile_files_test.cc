@@ -14,8 +14,11 @@
 #include "formats/error.h"
 #include "formats/json_input.h"
 #include "formats/model_loader.h"
+#include "formats/pickle.h"
+#include "formats/repack.h"
 #include "formats/safetensors.h"
 #include "formats/safetensors_checkpoint.h"
+#include "formats/torch_checkpoint.h"
 #include "formats/weight_cache.h"
 #include "test_util.h"
 
@@ -131,6 +134,11 @@ TEST(HostileJson, ErrorMessagesQuoteOnlyAnExcerpt) {
   write_file(d + "/config.json", R"({"model_type": )" + list + "}");
   msg = expect_error([&] { read_hf_config(d + "/config.json"); }, {d + "/config.json", "model_type is [7,7"});
   EXPECT_LT(msg.size(), 300u);
+  // A pickle GLOBAL's module and name are as long as the file makes them.
+  const std::string pkl = "\x80\x02" "c" + std::string(100000, 'm') + "\n" + std::string(100000, 'n') + "\n.";
+  msg = expect_error([&] { unpickle({reinterpret_cast<const uint8_t*>(pkl.data()), pkl.size()}, "p.pkl"); },
+                     {"p.pkl: refusing pickle global 'mmm", "... nnn"});
+  EXPECT_LT(msg.size(), 300u);
   nlohmann::json deep = 1;
   for (int i = 0; i < 1000; ++i) deep = nlohmann::json::array({deep});
   EXPECT_LE(json_excerpt(deep).size(), kJsonExcerptChars + 3);
@@ -198,7 +206,26 @@ TEST(HostileFiles, FifosAreRefusedNotOpenedForever) {
     make_fifo(d + "/tokenizer.model");
     expect_error([&] { load_model(d); }, {d + "/tokenizer.model", "not a regular file"});
   }
+  {  // tokenizer.model next to a .pth checkpoint
+    const std::string d = test::tmp_dir("fifo-pth-tokenizer");
+    fs::copy_file(tiny("pth/params.json"), d + "/params.json");
+    fs::copy_file(tiny("pth/consolidated.00.pth"), d + "/consolidated.00.pth");
+    make_fifo(d + "/tokenizer.model");
+    expect_error([&] { load_model(d); }, {d + "/tokenizer.model", "not a regular file"});
+  }
   EXPECT_THROW(read_regular_file("/dev/null", 100), Error);  // a device is not a file either
+}
+
+// A dangling symlink named like a checkpoint file is not one: it is skipped, where the folder
+// scan used to report "cannot list folder: No such file or directory" when it came last.
+TEST(HostileFiles, DanglingPthSymlinkIsSkipped) {
+  const std::string d = test::tmp_dir("dangling-pth");
+  fs::copy_file(tiny("pth/params.json"), d + "/params.json");
+  fs::copy_file(tiny("pth/consolidated.00.pth"), d + "/consolidated.00.pth");
+  fs::create_symlink(d + "/nowhere", d + "/zz-broken.pth");
+  EXPECT_EQ(load_torch_checkpoint(d, {}).store.files.size(), 1u);
+  fs::remove(d + "/consolidated.00.pth");
+  expect_error([&] { load_torch_checkpoint(d, {}); }, {d, "no .pth or .pt checkpoint files"});
 }
 
 TEST(HostileFiles, IndexNamesOnlyFilesInTheCheckpointFolder) {
@@ -216,6 +243,27 @@ TEST(HostileFiles, IndexNamingAnOverlongShardIsAnErrorNamingIt) {
   const std::string name(300, 'x');
   write_file(d + "/model.safetensors.index.json", R"({"weight_map": {"lm_head.weight": ")" + name + R"("}})");
   expect_error([&] { load_model(d); }, {d + "/" + name, "cannot be checked", "File name too long"});
+}
+
+// A file name that is not UTF-8 in the checkpoint folder (every file there is fingerprinted
+// into the cache manifest) made repack end in the JSON library's "invalid UTF-8" type_error.
+TEST(HostileFiles, RepackSurvivesNonUtf8FileNames) {
+  const std::string d = test::tmp_dir("latin1-names");
+  for (const char* f : {"config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                        "model-00002-of-00002.safetensors", "tokenizer.model"})
+    fs::copy_file(tiny(std::string("hf/") + f), d + "/" + f);
+  write_file(d + "/notes-caf\xe9.txt", "x");
+  RepackOptions o;
+  o.model = d;
+  o.out = test::tmp_dir("latin1-names-cache") + "/c";
+  o.threads = 1;
+  o.sync = false;
+  ASSERT_NO_THROW(repack(o));
+  const CacheManifest m = read_cache_manifest(o.out);
+  bool found = false;
+  for (const auto& f : m.source_files) found |= f.name == "notes-caf\xef\xbf\xbd.txt";  // U+FFFD
+  EXPECT_TRUE(found);
+  EXPECT_NO_THROW(load_model(o.out));
 }
 
 // ---- E: numbers out of range are named, with their file and field -------------------------

@@ -538,6 +538,20 @@ TEST(ServerHostileParts, ChunkedFraming) {
   EXPECT_EQ(server::scan_chunked("ffffffffffffffffff\r\n", huge), server::Framing::Bad);
   server::ChunkScan wrong_end;
   EXPECT_EQ(server::scan_chunked("2\r\nabcd\r\n", wrong_end), server::Framing::Bad);
+  // A 5000-byte trailer line is refused whether it arrives whole or in pieces: framing used to
+  // depend on where the reads split it (found by fuzz/http_head_fuzz.cc).
+  const std::string long_trailer = "0\r\nX-T: " + std::string(5000, 'a') + "\r\n\r\n";
+  server::ChunkScan at_once;
+  EXPECT_EQ(server::scan_chunked(long_trailer, at_once), server::Framing::Bad);
+  server::ChunkScan pieces;
+  EXPECT_EQ(server::scan_chunked(std::string_view(long_trailer).substr(0, 4200), pieces), server::Framing::Bad);
+  // One of exactly 4096 bytes is accepted either way, also when a read ends between its CR and LF.
+  const std::string longest = "0\r\n" + std::string(4096, 'b') + "\r\n\r\n";
+  server::ChunkScan whole, split;
+  EXPECT_EQ(server::scan_chunked(longest, whole), server::Framing::Done);
+  EXPECT_EQ(server::scan_chunked(std::string_view(longest).substr(0, 3 + 4096 + 1), split), server::Framing::NeedMore);
+  EXPECT_EQ(server::scan_chunked(longest, split), server::Framing::Done);
+  EXPECT_EQ(split.end, whole.end);
 }
 
 TEST(ServerHostileParts, HeadParsingAndAccessRules) {

@@ -672,6 +672,21 @@ TEST(TorchCheckpoint, StorageOffsetsAndStrides) {
   }
 }
 
+// A view whose strides repeat elements (here [2^20, 2^20] with strides 0 over one float) is
+// copied when loaded; with a params.json to match its shape that copy was terabytes, from a
+// file of a few hundred bytes. Views may not hold more elements than their storage.
+TEST(TorchCheckpoint, ViewLargerThanItsStorageIsAnError) {
+  const Scratch dir("views-overlap");
+  write_file(dir.path() + "/consolidated.00.pt",
+             make_zip({{"m/data.pkl", views_pickle({{"norm.weight", 0, {1 << 20, 1 << 20}, {0, 0}}}, 1)},
+                       {"m/data/0", std::string(4, '\0')},
+                       {"m/version", "3\n"}},
+                      true));
+  write_file(dir.path() + "/params.json", mx::test::read_file(tiny("pth/params.json")));
+  expect_error([&] { mx::load_torch_checkpoint(dir.path(), {}); },
+               {dir.path() + "/consolidated.00.pt", "tensor of 1099511627776 elements is larger than its storage '0' of 1"});
+}
+
 // An empty tensor (a dimension 0) at a storage offset past the end used to pass the bounds
 // check, and the loader then formed a pointer from the offset.
 TEST(TorchCheckpoint, EmptyTensorPastItsStorageIsAnError) {

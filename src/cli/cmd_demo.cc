@@ -183,7 +183,8 @@ int run(DemoArgs& a) {
   }
   const DemoSummary s = summarize(run);
   if (a.json) {
-    std::printf("%s\n", demo_json(setup, prompts, run, s).dump(2).c_str());
+    // Prompts and replies may hold invalid UTF-8 (a reply cut inside a character): U+FFFD.
+    std::printf("%s\n", demo_json(setup, prompts, run, s).dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     if (!live) std::fputs(outputs_text(prompts, run).c_str(), stdout);
     std::fputs("\n", stdout);

@@ -80,7 +80,9 @@ int run(GenerateArgs& a) {
       if (id + 1 < sched.n_users()) std::printf("=====================\n");
     }
   }
-  if (a.json) std::printf("%s\n", out.dump(2).c_str());
+  // A prompt in another encoding, or output cut inside a UTF-8 character, is not valid UTF-8:
+  // print U+FFFD for such bytes rather than fail after the whole generation.
+  if (a.json) std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   return 0;
 }
 

@@ -309,8 +309,10 @@ class Unpickler {
   }
 
   PickleValue* global(std::string module, std::string name) {
+    // The names come from the file and can be as long as it is: quote only their start.
+    const auto clip = [](const std::string& x) { return x.size() <= 64 ? x : x.substr(0, 64) + "..."; };
     if (!allowed_global(module, name))
-      fail(src_ + ": refusing pickle global '" + module + " " + name + "'");
+      fail(src_ + ": refusing pickle global '" + clip(module) + " " + clip(name) + "'");
     PickleValue* v = make(Kind::Global);
     v->str = std::move(module);
     v->name = std::move(name);
@@ -388,6 +390,13 @@ class Unpickler {
     // Empty tensors too: the loader forms base + offset, which must stay inside the storage.
     if ((numel > 0 && last >= t.storage.numel) || t.offset > t.storage.numel)
       err("_rebuild_tensor_v2: tensor extends past the end of storage '" + t.storage.key + "'");
+    // Overlapping strides (0 or smaller than the row) repeat elements: such a view is copied
+    // when loaded, so more elements than its storage holds would cost memory the file does not
+    // have (shape [2^24, 2^17] with strides [0, 0] over one float is 8 TB).
+    if (numel > t.storage.numel)
+      err("_rebuild_tensor_v2: tensor of " + std::to_string(static_cast<int64_t>(numel)) +
+          " elements is larger than its storage '" + t.storage.key + "' of " + std::to_string(t.storage.numel) +
+          " (overlapping strides)");
     return v;
   }
 

@@ -8,6 +8,7 @@
 
 #include "formats/config_files.h"
 #include "formats/error.h"
+#include "formats/file_probe.h"
 #include "formats/pickle.h"
 #include "formats/zip_reader.h"
 
@@ -254,13 +255,12 @@ bool interpret(const std::string& name, const ModelConfig& c, const std::string&
 
 std::vector<std::string> checkpoint_files(const std::string& dir) {
   std::vector<std::string> files;
-  std::error_code ec;
-  for (const auto& de : fs::directory_iterator(dir, ec)) {
-    const std::string ext = de.path().extension().string();
-    if ((ext == ".pth" || ext == ".pt") && de.is_regular_file(ec))
-      files.push_back(de.path().string());
+  // Non-throwing probes: a dangling symlink named x.pth is skipped, not reported as a failure
+  // to list the folder, and no std::filesystem_error can escape.
+  for (const fs::path& e : list_directory(dir)) {
+    const std::string ext = e.extension().string();
+    if ((ext == ".pth" || ext == ".pt") && is_regular_path(e)) files.push_back(e.string());
   }
-  if (ec) fail(dir + ": cannot list folder: " + ec.message());
   std::sort(files.begin(), files.end());
   if (files.empty()) fail(dir + ": no .pth or .pt checkpoint files");
   return files;
@@ -287,14 +287,13 @@ std::string record_prefix(const ZipReader& zip) {
 }  // namespace
 
 LoadedModel load_torch_checkpoint(const std::string& dir_or_file, const LoadOptions& opts) {
-  std::error_code ec;
   std::string dir;
   std::vector<std::string> files;
-  if (fs::is_directory(dir_or_file, ec)) {
+  if (is_directory_path(dir_or_file)) {
     dir = dir_or_file;
     files = checkpoint_files(dir);
   } else {
-    if (!fs::exists(dir_or_file, ec)) fail(dir_or_file + ": no such file or folder");
+    if (!path_exists(dir_or_file)) fail(dir_or_file + ": no such file or folder");
     dir = fs::path(dir_or_file).parent_path().string();
     if (dir.empty()) dir = ".";
     files = {dir_or_file};
@@ -405,7 +404,11 @@ LoadedModel load_torch_checkpoint(const std::string& dir_or_file, const LoadOpti
   }
 
   const fs::path tok = fs::path(dir) / "tokenizer.model";
-  if (fs::is_regular_file(tok, ec)) m.tokenizer.model_path = tok.string();
+  if (path_exists(tok)) {
+    // SentencePiece would block reading a FIFO; refuse anything but a file, as the other loaders do.
+    if (!is_regular_path(tok)) fail(tok.string() + ": not a regular file");
+    m.tokenizer.model_path = tok.string();
+  }
   m.tokenizer.bos_id = c.bos_id;
   m.tokenizer.eos_id = c.eos_id;
   return m;

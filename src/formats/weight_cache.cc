@@ -144,7 +144,10 @@ std::string manifest_to_json(const CacheManifest& m) {
                             {"shape", t.shape}};
   j["notes"] = m.notes;
   if (m.ranks > 0) j["ranks"] = {{"count", m.ranks}, {"files", m.rank_files}};
-  return j.dump(1) + "\n";
+  // Paths, source file names and a GGUF's chat template are bytes, not always UTF-8; the
+  // default handler would throw the JSON library's type_error out of repack. Such bytes become
+  // U+FFFD: the names are informational, and a changed name only makes the next repack rebuild.
+  return j.dump(1, ' ', false, ojson::error_handler_t::replace) + "\n";
 }
 
 namespace {
@@ -200,7 +203,7 @@ struct Reader {
     const std::string s = str(obj, key, where);
     if (s.empty() || s.find('/') != std::string::npos || s.find('\\') != std::string::npos ||
         s[0] == '.')
-      fail(path + ": field '" + where + key + "' is not a plain file name: '" + s + "'");
+      fail(path + ": field '" + where + key + "' is not a plain file name: " + json_excerpt(s));
     return s;
   }
 };

@@ -142,8 +142,11 @@ std::string parse_head(std::string_view text, RequestHead& h) {
 Framing scan_chunked(std::string_view body, ChunkScan& s) {
   while (true) {
     const size_t eol = body.find("\r\n", s.pos);
-    // A chunk-size or trailer line this long is not HTTP.
-    if (eol == std::string_view::npos) return body.size() - s.pos > 4096 ? Framing::Bad : Framing::NeedMore;
+    // A chunk-size or trailer line longer than 4096 bytes is not HTTP, however the reads split
+    // it: a complete one is measured without its CRLF, an unfinished one may still end in the
+    // CR of its CRLF.
+    if (eol == std::string_view::npos) return body.size() - s.pos > 4097 ? Framing::Bad : Framing::NeedMore;
+    if (eol - s.pos > 4096) return Framing::Bad;
     if (s.trailers) {  // after the last chunk: trailer lines up to an empty one
       const bool blank = eol == s.pos;
       s.pos = eol + 2;
