@@ -6,17 +6,6 @@
 #include "fuzz_util.h"
 #include "runtime/tokenizer.h"
 
-namespace {
-
-void touch(const mx::Tensor& t) {
-  // A view must lie inside the mapping: reading both ends lets ASan check it.
-  if (t.nbytes() == 0) return;
-  volatile uint8_t first = t.data[0], last = t.data[t.nbytes() - 1];
-  (void)first, (void)last;
-}
-
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static mx::fuzz::MemFile file;
   const std::string& path = file.set(data, size);
@@ -32,12 +21,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       mx::fuzz::expect_clean([&] { g.get_int_array(key); });
     }
     for (const mx::GgufTensorInfo& ti : g.tensor_infos)
-      mx::fuzz::expect_clean([&] { touch(g.tensor(ti.name)); });
+      mx::fuzz::expect_clean([&] { mx::fuzz::touch(g.tensor(ti.name)); });
   });
   mx::fuzz::expect_clean([&] {
     const mx::LoadedModel m = mx::load_gguf(path, {});
     mx::check_tensors(m, {});
-    for (const auto& [name, t] : m.store.tensors) touch(t);
+    for (const auto& [name, t] : m.store.tensors) mx::fuzz::touch(t);
     if (m.tokenizer.model_path.empty() && !m.tokenizer.pieces.empty()) {
       const mx::Tokenizer tok = mx::Tokenizer::load(m.tokenizer);
       const std::vector<int> ids = tok.encode("Hello w\xc3\xa9rld [INST] \xf0\x9f\x98\x80", true);
