@@ -805,31 +805,25 @@ void note_local_model(const Model& m) {
   // Derived from what this process holds, so one process and any rank are counted alike.
   r.first_expert = -1;
   r.n_experts = 0;
+  r.experts_label.clear();
   double bytes = 0;
   if (!m.weights.layers.empty()) {
-    const auto& first = m.weights.layers.front().experts;
-    for (size_t e = 0; e < first.size(); ++e)
-      if (first[e].present) {
-        if (r.first_expert < 0) r.first_expert = static_cast<int>(e);
-        ++r.n_experts;
-      }
-  }
-  if (r.first_expert < 0) r.first_expert = 0;
-  // The label lists the experts held (a placement file's need not be contiguous), or the rows
-  // of the split one.
-  r.experts_label.clear();
-  if (!m.weights.layers.empty()) {
+    // The label lists the experts held (a placement file's need not be contiguous), or the
+    // rows of the split one.
     const auto& first = m.weights.layers.front().experts;
     std::vector<int> held(first.size(), -1);
-    for (size_t e = 0; e < first.size(); ++e)
-      if (first[e].present) {
-        held[e] = 0;
-        if (first[e].split)
-          r.experts_label = std::to_string(e) + " rows " + std::to_string(first[e].hid.lo) + "-" +
-                            std::to_string(first[e].hid.hi - 1);
-      }
+    for (size_t e = 0; e < first.size(); ++e) {
+      if (!first[e].present) continue;
+      if (r.first_expert < 0) r.first_expert = static_cast<int>(e);
+      ++r.n_experts;
+      held[e] = 0;
+      if (first[e].split)
+        r.experts_label = std::to_string(e) + " rows " + std::to_string(first[e].hid.lo) + "-" +
+                          std::to_string(first[e].hid.hi - 1);
+    }
     if (r.experts_label.empty()) r.experts_label = experts_of(held, 0);
   }
+  if (r.first_expert < 0) r.first_expert = 0;
   for (const LayerWeights& lw : m.weights.layers)
     for (const ExpertWeights& e : lw.experts)
       if (e.present)
